@@ -1,0 +1,59 @@
+-- finish_run: record the outcome of an attempt; fenced by the attempt number so a worker that
+-- lost its lease (paused, cut off) cannot overwrite the attempt that replaced it.
+--
+-- KEYS[1] run hash  KEYS[2] run lease  KEYS[3] job history zset  KEYS[4] job active set
+-- KEYS[5] dead letters zset
+-- ARGV[1] expected attempt ("" = any)  ARGV[2] now (epoch s)  ARGV[3] new status
+-- ARGV[4] mode: "final" | "retry" | "requeue" | "deadletter"
+-- ARGV[5] history size  ARGV[6] key prefix (for trimming old runs)  ARGV[7] terminal statuses
+-- ARGV[8..] field, value pairs to set (exit_code, error, result, next_attempt_at, ...)
+-- Returns {"ok", status} | {"missing"} | {"terminal", status} | {"stale", attempt}
+
+if redis.call("exists", KEYS[1]) == 0 then
+  return {"missing"}
+end
+local terminal = "," .. ARGV[7] .. ","
+local status = redis.call("hget", KEYS[1], "status")
+if string.find(terminal, "," .. status .. ",", 1, true) then
+  return {"terminal", status}
+end
+local attempt = redis.call("hget", KEYS[1], "attempt") or "0"
+if ARGV[1] ~= "" and attempt ~= ARGV[1] then
+  return {"stale", attempt}
+end
+
+local mode = ARGV[4]
+local fields = {"status", ARGV[3]}
+for i = 8, #ARGV do
+  fields[#fields + 1] = ARGV[i]
+end
+redis.call("hset", KEYS[1], unpack(fields))
+redis.call("del", KEYS[2])
+
+if mode == "retry" or mode == "requeue" then
+  return {"ok", ARGV[3]}
+end
+
+redis.call("hset", KEYS[1], "ended_at", ARGV[2])
+redis.call("srem", KEYS[4], redis.call("hget", KEYS[1], "id"))
+if mode == "deadletter" then
+  redis.call("hset", KEYS[1], "dead_lettered_at", ARGV[2])
+  redis.call("zadd", KEYS[5], math.floor(tonumber(ARGV[2]) * 1000), redis.call("hget", KEYS[1], "id"))
+end
+
+-- Keep the newest <history size> runs; never trim an active or dead-lettered one.
+local size = tonumber(ARGV[5])
+local count = redis.call("zcard", KEYS[3])
+if count > size then
+  local old = redis.call("zrange", KEYS[3], 0, count - size - 1)
+  for _, id in ipairs(old) do
+    local key = ARGV[6] .. ":run:" .. id
+    local st = redis.call("hget", key, "status")
+    if (not st) or (string.find(terminal, "," .. st .. ",", 1, true)
+        and not redis.call("zscore", KEYS[5], id)) then
+      redis.call("del", key, key .. ":log", key .. ":lease")
+      redis.call("zrem", KEYS[3], id)
+    end
+  end
+end
+return {"ok", ARGV[3]}

@@ -1,0 +1,259 @@
+"""The job and run records, their statuses, and how they are stored in Redis hashes.
+
+Times are stored as epoch seconds (floats) and rendered as ISO 8601 UTC by ``as_api()``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from ulid import ULID
+
+JOB_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+JOB_NAME_RULE = (
+    "a job name is 1-64 characters: letters, digits, '_' and '-', starting with a letter or digit"
+)
+
+
+class RunStatus(StrEnum):
+    """Where a run is in its life. Terminal statuses never change again."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.TIMED_OUT})
+ACTIVE = frozenset({RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.RETRYING})
+# The Lua scripts test terminality with this string; kept next to the set it mirrors.
+TERMINAL_LUA = ",".join(sorted(s.value for s in TERMINAL))
+
+
+class Trigger(StrEnum):
+    """What made a run."""
+
+    API = "api"
+    SCHEDULE = "schedule"
+    RETRY = "retry"
+    REPLAY = "replay"
+    CONTINUOUS = "continuous"
+
+
+class Priority(StrEnum):
+    """Queue level. Strict: every high run starts before any normal one, and so on."""
+
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+
+class JobType(StrEnum):
+    """How a job is run."""
+
+    TRIGGERED = "triggered"
+    CONTINUOUS = "continuous"
+
+
+def new_run_id() -> str:
+    """A new sortable run id (ULID: time-ordered, 26 characters)."""
+    return str(ULID())
+
+
+def iso(ts: float | None) -> str | None:
+    """Epoch seconds to an ISO 8601 UTC string (None stays None)."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def parse_iso(value: str) -> float:
+    """An ISO 8601 string (``Z`` or an offset; naive means UTC) to epoch seconds."""
+    dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
+
+
+_JSON_FIELDS = {"args", "env", "result"}
+_FLOAT_FIELDS = {
+    "enqueued_at",
+    "started_at",
+    "ended_at",
+    "scheduled_for",
+    "next_attempt_at",
+    "timeout_s",
+    "dead_lettered_at",
+}
+_INT_FIELDS = {"attempt", "max_retries", "exit_code", "deaths", "worker_pid", "cancel_requested"}
+_TIME_FIELDS = {"enqueued_at", "started_at", "ended_at", "scheduled_for", "next_attempt_at", "dead_lettered_at"}
+
+
+@dataclass
+class Run:
+    """One execution of a job (all attempts of it share the record)."""
+
+    id: str
+    job: str
+    status: RunStatus = RunStatus.QUEUED
+    trigger: Trigger = Trigger.API
+    args: list[str] = field(default_factory=list)
+    priority: Priority = Priority.NORMAL
+    attempt: int = 0
+    max_retries: int = 0
+    worker: str | None = None
+    worker_pid: int | None = None
+    enqueued_at: float | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    scheduled_for: float | None = None
+    next_attempt_at: float | None = None
+    dead_lettered_at: float | None = None
+    exit_code: int | None = None
+    error: str | None = None
+    result: Any = None
+    idempotency_key: str | None = None
+    timeout_s: float | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    callback_url: str | None = None
+    replay_of: str | None = None
+    package: str | None = None
+    deaths: int = 0
+    cancel_requested: int = 0
+
+    def to_hash(self) -> dict[str, str]:
+        """The record as Redis hash fields (None fields are left out)."""
+        out: dict[str, str] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            if f.name in _JSON_FIELDS:
+                out[f.name] = json.dumps(value)
+            else:
+                out[f.name] = str(value.value if isinstance(value, StrEnum) else value)
+        return out
+
+    @classmethod
+    def from_hash(cls, data: dict[bytes, bytes] | dict[str, str]) -> Run:
+        """Read a record written by ``to_hash`` or by the Lua scripts."""
+        raw = {
+            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+            for k, v in data.items()
+        }
+        kwargs: dict[str, Any] = {}
+        names = {f.name for f in fields(cls)}
+        for name, value in raw.items():
+            if name not in names or value == "":
+                continue
+            if name in _JSON_FIELDS:
+                kwargs[name] = json.loads(value)
+            elif name in _FLOAT_FIELDS:
+                kwargs[name] = float(value)
+            elif name in _INT_FIELDS:
+                kwargs[name] = int(float(value))
+            else:
+                kwargs[name] = value
+        kwargs["status"] = RunStatus(kwargs.get("status", "queued"))
+        kwargs["trigger"] = Trigger(kwargs.get("trigger", "api"))
+        kwargs["priority"] = Priority(kwargs.get("priority", "normal"))
+        return cls(**kwargs)
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.started_at is None:
+            return None
+        end = self.ended_at
+        return None if end is None else max(0.0, end - self.started_at)
+
+    def as_api(self) -> dict[str, Any]:
+        """The record as the HTTP API shows it: ISO times, no internal bookkeeping."""
+        out = asdict(self)
+        for name in _TIME_FIELDS:
+            out[name] = iso(out[name])
+        out["status"] = self.status.value
+        out["trigger"] = self.trigger.value
+        out["priority"] = self.priority.value
+        out["duration_s"] = self.duration_s
+        out["cancel_requested"] = bool(self.cancel_requested)
+        # Values a caller passed in env may be credentials: names only.
+        out["env"] = sorted(self.env)
+        return out
+
+
+@dataclass
+class Job:
+    """A deployed package and its settings."""
+
+    name: str
+    type: JobType
+    package: str  # sha256 of the stored zip
+    entry: str  # the entry chosen at deploy time (hosts may differ, see entry.py)
+    settings: dict[str, Any]
+    filename: str = ""
+    size: int = 0
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    version: int = 1
+    stopped: int = 0  # continuous jobs: 1 after POST /stop
+    paused: int = 0  # schedule paused
+
+    def to_hash(self) -> dict[str, str]:
+        """The record as Redis hash fields."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["type"] = self.type.value
+        out["settings"] = json.dumps(self.settings)
+        return {k: str(v) for k, v in out.items()}
+
+    @classmethod
+    def from_hash(cls, data: dict[bytes, bytes] | dict[str, str]) -> Job:
+        """Read a record written by ``to_hash``."""
+        raw = {
+            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+            for k, v in data.items()
+        }
+        return cls(
+            name=raw["name"],
+            type=JobType(raw.get("type", "triggered")),
+            package=raw.get("package", ""),
+            entry=raw.get("entry", ""),
+            settings=json.loads(raw.get("settings") or "{}"),
+            filename=raw.get("filename", ""),
+            size=int(raw.get("size") or 0),
+            created_at=float(raw.get("created_at") or 0),
+            updated_at=float(raw.get("updated_at") or 0),
+            version=int(raw.get("version") or 1),
+            stopped=int(raw.get("stopped") or 0),
+            paused=int(raw.get("paused") or 0),
+        )
+
+    def as_api(self) -> dict[str, Any]:
+        """The record as the HTTP API shows it."""
+        return {
+            "name": self.name,
+            "type": self.type.value,
+            "entry": self.entry,
+            "settings": self.settings,
+            "package": {"sha256": self.package, "filename": self.filename, "size": self.size},
+            "created_at": iso(self.created_at),
+            "updated_at": iso(self.updated_at),
+            "version": self.version,
+            "stopped": bool(self.stopped),
+            "paused": bool(self.paused),
+        }

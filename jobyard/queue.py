@@ -1,0 +1,175 @@
+"""The queue layer: dramatiq's Redis broker, with strict-priority fetching and a blocking wake-up.
+
+Layout and delivery are dramatiq's (see ``jobyard/keys.py``): messages are dramatiq messages
+in dramatiq's Redis lists and hashes, acked and nacked through dramatiq's own ``dispatch.lua``,
+dead workers' messages re-queued by dramatiq's maintenance, failures re-enqueued by dramatiq's
+``Retries`` middleware. What we change, and why:
+
+- **Fetching** (``fetch.lua``): one call looks at high, then normal, then low and takes one
+  message only for a free slot. dramatiq runs a consumer per queue with its own prefetch, which
+  orders nothing across queues (its actor ``priority`` only sorts what one process prefetched).
+- **Waking**: dramatiq's consumer polls with up to 1 s of backoff when idle. Every enqueue here
+  also pushes a token on a wake list that idle consumers ``BLPOP``; a miss clears the list in
+  the same atomic fetch, so no token is lost and an idle cluster costs one blocked call per
+  worker process.
+- **Delays**: dramatiq keeps delayed messages in worker memory until their eta. Here they wait
+  in one Redis zset and the fetch script promotes them when due, so a ``run_at`` days away
+  survives every restart and costs no worker memory.
+- **Maintenance**: dramatiq runs it on 0.1 % of calls, so a SIGKILLed worker's message may
+  wait many minutes. Each worker forces it once per heartbeat for every level, with a short
+  heartbeat timeout (``JOBYARD_HEARTBEAT_TIMEOUT_SECONDS``), which bounds recovery.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+from uuid import uuid4
+
+import redis
+from dramatiq import Message
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import Middleware
+
+from jobyard.keys import PRIORITY_LEVELS, Keys
+from jobyard.scripts import Scripts
+
+RUN_ACTOR = "jobyard_run"
+# Retries are decided on our run record (attempts include worker deaths, which dramatiq cannot
+# see); dramatiq's own limit is set out of the way and the actor raises Retry(delay=...) or fails.
+DRAMATIQ_MAX_RETRIES = 1_000_000
+
+
+def build_message(run_id: str, level: str) -> tuple[str, str]:
+    """A dramatiq message that asks for run ``run_id`` on queue ``level``: (redis id, encoded)."""
+    redis_id = str(uuid4())
+    message = Message(
+        queue_name=level,
+        actor_name=RUN_ACTOR,
+        args=(run_id,),
+        kwargs={},
+        options={"redis_message_id": redis_id, "max_retries": DRAMATIQ_MAX_RETRIES},
+    )
+    return redis_id, message.encode().decode()
+
+
+@dataclass
+class Fetched:
+    """A message taken from a level for one slot."""
+
+    level: str
+    redis_id: str
+    message: Message[Any]
+
+
+class JobyardBroker(RedisBroker):
+    """dramatiq's RedisBroker with our fetch, wake-up and delayed set (see the module docstring)."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        *,
+        heartbeat_timeout_s: float = 15.0,
+        dead_letter_ttl_s: float = 7 * 86400.0,
+        middleware: list[Middleware] | None = None,
+    ) -> None:
+        super().__init__(
+            client=client,
+            namespace=keys.queue_namespace,
+            middleware=middleware if middleware is not None else [],
+            heartbeat_timeout=int(heartbeat_timeout_s * 1000),
+            dead_message_ttl=int(dead_letter_ttl_s * 1000),
+            # maintenance is forced on our heartbeat instead of left to chance
+            maintenance_chance=0,
+        )
+        self.keys = keys
+        self.jy_scripts = Scripts(client)
+        for level in PRIORITY_LEVELS:
+            self.declare_queue(level)
+
+    def enqueue(self, message: Message[Any], *, delay: int | None = None) -> Message[Any]:
+        """Put a message on its level now or after ``delay`` ms (used by dramatiq's Retries)."""
+        level = message.queue_name
+        if level.endswith(".DQ"):
+            level = level[:-3]
+        redis_id = str(uuid4())
+        eta = int(time.time() * 1000) + delay if delay else 0
+        message = message.copy(queue_name=level, options={"redis_message_id": redis_id, "eta": eta or None})
+        self.emit_before("enqueue", message, delay)
+        k = self.keys
+        self.jy_scripts.push_message(
+            keys=[k.queue(level), k.queue_msgs(level), k.delayed, k.wake],
+            args=[redis_id, message.encode(), level, eta],
+        )
+        self.emit_after("enqueue", message, delay)
+        return message
+
+    def fetch(self, levels: tuple[str, ...] = PRIORITY_LEVELS) -> Fetched | float | None:
+        """Take the next message in priority order.
+
+        Returns the message, or when none waits the epoch seconds of the next delayed eta (None
+        when nothing is delayed either).
+        """
+        k = self.keys
+        res = self.jy_scripts.fetch(
+            keys=[k.heartbeats, k.delayed, k.wake],
+            args=[k.queue_namespace, self.broker_id, int(time.time() * 1000), *levels],
+        )
+        level = res[0].decode()
+        if level:
+            return Fetched(level, res[1].decode(), Message.decode(res[2]))
+        return float(res[1]) / 1000 if res[1] else None
+
+    def wait_for_wake(self, client: redis.Redis, timeout_s: float) -> bool:
+        """Block on the wake list for up to ``timeout_s`` (on a client without a short socket timeout)."""
+        return client.blpop([self.keys.wake], timeout=max(0.01, timeout_s)) is not None
+
+    def ack_message(self, fetched: Fetched) -> None:
+        """Done with it: drop the message (dramatiq's ack)."""
+        self.do_ack(fetched.level, fetched.redis_id)
+
+    def nack_message(self, fetched: Fetched) -> None:
+        """Failed for good: move it to dramatiq's dead-letter queue for the level."""
+        self.do_nack(fetched.level, fetched.redis_id)
+
+    def requeue_message(self, fetched: Fetched) -> None:
+        """Give it back unprocessed (graceful stop): to the tail of its level."""
+        self.do_requeue(fetched.level, fetched.redis_id)
+
+    def heartbeat(self) -> None:
+        """Mark this process alive and re-queue the messages of processes that are not."""
+        for level in PRIORITY_LEVELS:
+            dispatch = self.scripts["dispatch"]
+            dispatch(
+                keys=[self.namespace],
+                args=[
+                    "qsize",
+                    int(time.time() * 1000),
+                    level,
+                    self.broker_id,
+                    self.heartbeat_timeout,
+                    self.dead_message_ttl,
+                    1,
+                    self._max_unpack_size(),
+                ],
+            )
+
+    def depths(self) -> dict[str, int]:
+        """Waiting messages per level, and the delayed set."""
+        return read_depths(queue_depths_pipeline(self.client, self.keys).execute())
+
+
+def queue_depths_pipeline(client: Any, keys: Keys) -> Any:
+    """A pipeline (sync or asyncio client) that reads the depths; pass its results to ``read_depths``."""
+    pipe = client.pipeline(transaction=False)
+    for level in PRIORITY_LEVELS:
+        pipe.llen(keys.queue(level))
+    pipe.zcard(keys.delayed)
+    return pipe
+
+
+def read_depths(values: list[int]) -> dict[str, int]:
+    """``{"high": n, "normal": n, "low": n, "delayed": n}`` from ``queue_depths_pipeline`` results."""
+    return {**dict(zip(PRIORITY_LEVELS, values[:3], strict=True)), "delayed": values[3]}

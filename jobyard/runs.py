@@ -1,0 +1,263 @@
+"""Creating, claiming, finishing and reading runs: the Redis side of a run's life.
+
+Each operation is one Lua script (``jobyard/lua``). The ``prepare_*`` functions build a script's
+keys and arguments without touching Redis, so the synchronous store here (workers, scheduler,
+CLI tools) and the asyncio store in the API call the very same scripts the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from jobyard.errors import NotFound
+from jobyard.keys import Keys
+from jobyard.models import TERMINAL_LUA, Job, Priority, Run, RunStatus, Trigger, new_run_id
+from jobyard.queue import build_message
+from jobyard.scripts import Scripts
+from jobyard.settings import Settings
+
+LOG_INFO = "INFO"
+LOG_ERR = "ERR"
+LOG_SYS = "SYS"  # lines jobyard itself writes into a run's log (attempt started, cut marker, ...)
+
+
+@dataclass
+class EnqueueSpec:
+    """What a caller asks for when it enqueues a run (defaults come from the job's settings)."""
+
+    job: str
+    args: list[str] = field(default_factory=list)
+    priority: Priority | None = None
+    idempotency_key: str | None = None
+    run_at: float | None = None  # epoch seconds; None = now
+    timeout_s: float | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    callback_url: str | None = None
+    max_retries: int | None = None
+    trigger: Trigger = Trigger.API
+    scheduled_for: float | None = None
+    replay_of: str | None = None
+
+
+@dataclass
+class Fence:
+    """Exactly-once guard for a scheduled fire: NX key per (job, fire time), checked leader term."""
+
+    fire_ts: float
+    term: int | None = None
+    overlap: str = "allow"
+    fire_ttl_s: float = 7 * 86400.0
+
+
+@dataclass
+class Created:
+    """What ``create_run`` did: ``outcome`` is created | exists | nojob | fenced | duplicate | overlap."""
+
+    outcome: str
+    run_id: str | None
+    run: Run | None = None
+
+    @property
+    def created(self) -> bool:
+        return self.outcome == "created"
+
+
+def prepare_create(
+    keys: Keys,
+    settings: Settings,
+    spec: EnqueueSpec,
+    job: Job,
+    *,
+    now: float | None = None,
+    fence: Fence | None = None,
+) -> tuple[list[str], list[Any], Run]:
+    """Keys and arguments for ``create_run.lua``, and the run record it would write."""
+    now = time.time() if now is None else now
+    js = job.settings
+    priority = Priority(spec.priority or js.get("priority", "normal"))
+    max_retries = spec.max_retries if spec.max_retries is not None else int(js.get("max_retries", 0))
+    timeout_s = spec.timeout_s if spec.timeout_s is not None else js.get("timeout")
+    run = Run(
+        id=new_run_id(),
+        job=spec.job,
+        status=RunStatus.QUEUED,
+        trigger=spec.trigger,
+        args=list(spec.args),
+        priority=priority,
+        max_retries=max_retries,
+        enqueued_at=now,
+        scheduled_for=spec.scheduled_for if spec.scheduled_for is not None else spec.run_at,
+        idempotency_key=spec.idempotency_key,
+        timeout_s=float(timeout_s) if timeout_s is not None else None,
+        env=dict(spec.env),
+        callback_url=spec.callback_url,
+        replay_of=spec.replay_of,
+    )
+    redis_id, message = build_message(run.id, priority.value)
+    eta_ms = int(spec.run_at * 1000) if spec.run_at and spec.run_at > now else 0
+    level = priority.value
+    script_keys = [
+        keys.job(spec.job),
+        keys.run(run.id),
+        keys.job_runs(spec.job),
+        keys.job_active(spec.job),
+        keys.queue(level),
+        keys.queue_msgs(level),
+        keys.delayed,
+        keys.wake,
+        keys.idempotency(spec.job, spec.idempotency_key) if spec.idempotency_key else "",
+        keys.fire(spec.job, fence.fire_ts) if fence else "",
+        keys.leader_term if fence and fence.term is not None else "",
+    ]
+    fields: list[Any] = []
+    for name, value in run.to_hash().items():
+        fields += [name, value]
+    args: list[Any] = [
+        run.id,
+        int(now * 1000),
+        redis_id,
+        message,
+        level,
+        eta_ms,
+        int(settings.idempotency_ttl_seconds * 1000),
+        str(fence.term) if fence and fence.term is not None else "",
+        int(fence.fire_ttl_s * 1000) if fence else 0,
+        fence.overlap if fence else "",
+        *fields,
+    ]
+    return script_keys, args, run
+
+
+def parse_create(result: list[bytes], run: Run) -> Created:
+    """Read ``create_run.lua``'s answer."""
+    outcome = result[0].decode()
+    ref = result[1].decode() if len(result) > 1 else None
+    if outcome == "created":
+        return Created(outcome, run.id, run)
+    return Created(outcome, ref)
+
+
+def prepare_cancel(keys: Keys, run_id: str, job: str, now: float | None = None) -> tuple[list[str], list[Any]]:
+    """Keys and arguments for ``cancel_run.lua``."""
+    now = time.time() if now is None else now
+    return [keys.run(run_id), keys.job_active(job), keys.cancel_channel], [now, TERMINAL_LUA]
+
+
+def decode_log_entry(entry_id: bytes | str, data: dict[bytes, bytes]) -> dict[str, Any]:
+    """One stream entry of a run log as ``{"id", "t", "stream", "line"}``."""
+    return {
+        "id": entry_id.decode() if isinstance(entry_id, bytes) else entry_id,
+        "t": float(data.get(b"t", b"0")),
+        "stream": data.get(b"s", b"INFO").decode(),
+        "line": data.get(b"m", b"").decode("utf-8", "replace"),
+    }
+
+
+def format_log_line(entry: dict[str, Any]) -> str:
+    """A log entry as a line of the downloadable text log: ``<ISO time> <STREAM> <line>``."""
+    from jobyard.models import iso
+
+    return f"{iso(entry['t'])} {entry['stream']:<4} {entry['line']}"
+
+
+class RunStore:
+    """Runs on a synchronous client (workers, scheduler, tools)."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, settings: Settings) -> None:
+        self.r = client
+        self.keys = keys
+        self.settings = settings
+        self.scripts = Scripts(client)
+
+    # -- jobs --------------------------------------------------------------------------------
+    def get_job(self, name: str) -> Job:
+        """The job record, or ``NotFound``."""
+        data = self.r.hgetall(self.keys.job(name))
+        if not data:
+            raise NotFound(f"job {name!r} does not exist", "deploy it first with PUT /api/jobs/{name}")
+        return Job.from_hash(data)
+
+    # -- runs --------------------------------------------------------------------------------
+    def create(self, spec: EnqueueSpec, job: Job | None = None, *, fence: Fence | None = None) -> Created:
+        """Write a run and enqueue it (one atomic script)."""
+        job = job or self.get_job(spec.job)
+        keys, args, run = prepare_create(self.keys, self.settings, spec, job, fence=fence)
+        return parse_create(self.scripts.create_run(keys=keys, args=args), run)
+
+    def get(self, run_id: str) -> Run:
+        """The run record, or ``NotFound``."""
+        data = self.r.hgetall(self.keys.run(run_id))
+        if not data:
+            raise NotFound(f"run {run_id!r} does not exist", "it may have been trimmed from the job's history")
+        return Run.from_hash(data)
+
+    def list_for_job(self, job: str, limit: int = 50, before: str | None = None) -> list[Run]:
+        """A job's runs, newest first; ``before`` is a run id (exclusive) to page from."""
+        hi: str = "+inf"
+        if before:
+            score = self.r.zscore(self.keys.job_runs(job), before)
+            hi = f"({int(score)}" if score is not None else "+inf"
+        ids = self.r.zrevrangebyscore(self.keys.job_runs(job), hi, "-inf", start=0, num=limit)
+        pipe = self.r.pipeline(transaction=False)
+        for rid in ids:
+            pipe.hgetall(self.keys.run(rid.decode()))
+        return [Run.from_hash(d) for d in pipe.execute() if d]
+
+    def cancel(self, run: Run) -> str:
+        """Cancel a run: ``cancelled`` (was waiting), ``signalled`` (running) or ``terminal``."""
+        keys, args = prepare_cancel(self.keys, run.id, run.job)
+        return str(self.scripts.cancel_run(keys=keys, args=args)[0].decode())
+
+    def finish(
+        self,
+        run_id: str,
+        job: str,
+        status: RunStatus,
+        *,
+        mode: str = "final",
+        attempt: int | None = None,
+        history_size: int | None = None,
+        **fields: Any,
+    ) -> tuple[str, str]:
+        """Record an attempt's outcome (``mode``: final | retry | requeue | deadletter).
+
+        Returns ``("ok", status)``, or ``("stale", attempt)`` when another attempt replaced this
+        one, or ``("terminal", status)`` when the run had already ended.
+        """
+        k = self.keys
+        flat: list[Any] = []
+        for name, value in fields.items():
+            if value is None:
+                continue
+            flat += [name, json.dumps(value) if name == "result" else value]
+        res = self.scripts.finish_run(
+            keys=[k.run(run_id), k.run_lease(run_id), k.job_runs(job), k.job_active(job), k.dead_letters],
+            args=[
+                "" if attempt is None else attempt,
+                time.time(),
+                status.value,
+                mode,
+                history_size or self.settings.default_history_size,
+                k.prefix,
+                TERMINAL_LUA,
+                *flat,
+            ],
+        )
+        return res[0].decode(), (res[1].decode() if len(res) > 1 else "")
+
+    # -- logs --------------------------------------------------------------------------------
+    def append_log(self, pipe: Any, run_id: str, lines: list[tuple[float, str, str]]) -> None:
+        """Queue XADDs of ``(t, stream, text)`` lines on ``pipe`` (caller executes)."""
+        key = self.keys.run_log(run_id)
+        for t, stream, text in lines:
+            pipe.xadd(key, {"t": repr(t), "s": stream, "m": text})
+
+    def read_log(self, run_id: str, after: str = "-", count: int = 10_000) -> list[dict[str, Any]]:
+        """Log entries after entry id ``after`` (exclusive unless ``-``)."""
+        start = after if after == "-" else f"({after}"
+        return [decode_log_entry(i, d) for i, d in self.r.xrange(self.keys.run_log(run_id), start, "+", count)]

@@ -1,0 +1,31 @@
+"""The Lua scripts under ``jobyard/lua/``, registered on a client by name."""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+from typing import Any
+
+SCRIPT_NAMES = ("create_run", "push_message", "fetch", "claim_run", "finish_run", "cancel_run", "renew_leases")
+
+
+@cache
+def source(name: str) -> str:
+    """The text of ``jobyard/lua/<name>.lua``."""
+    return resources.files("jobyard").joinpath("lua", f"{name}.lua").read_text()
+
+
+class Scripts:
+    """Every script registered on one client (sync or asyncio); call as ``scripts.fetch(keys, args)``."""
+
+    def __init__(self, client: Any) -> None:
+        for name in SCRIPT_NAMES:
+            setattr(self, name, client.register_script(source(name)))
+
+    create_run: Any
+    push_message: Any
+    fetch: Any
+    claim_run: Any
+    finish_run: Any
+    cancel_run: Any
+    renew_leases: Any
