@@ -70,7 +70,9 @@ class Settings(BaseSettings):
     max_package_files: int = 10_000
 
     # Metrics and logs
-    metrics_port: int = 0  # 0: role-specific default / disabled
+    # Port of /metrics, /healthz and /readyz for workers and schedulers (the API serves them on its
+    # own port). None: the role default (worker 9101, scheduler 9102); 0: disabled.
+    metrics_port: int | None = None
     log_format: str = "text"
     log_level: str = "INFO"
 
