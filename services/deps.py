@@ -1,0 +1,99 @@
+"""What every route needs: the per-app context and the role-checking dependencies.
+
+A router takes ``ctx: Ctx = Depends(get_ctx)`` for Redis and settings, and one of
+``require_viewer`` / ``require_operator`` / ``require_admin`` for the caller, e.g.::
+
+    @router.get("/api/things", operation_id="listThings")
+    async def list_things(ctx: Ctx = Depends(get_ctx), who: Principal = Depends(require_viewer)): ...
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from jobyard.keys import Keys
+from jobyard.redis_conn import connect, connect_async
+from jobyard.scripts import Scripts
+from jobyard.settings import Settings
+from services.auth import Authenticator, Principal
+from services.store import AsyncRunStore
+
+__all__ = [
+    "Ctx",
+    "Principal",
+    "get_ctx",
+    "require_admin",
+    "require_operator",
+    "require_viewer",
+]
+
+
+@dataclass
+class Ctx:
+    """Per-app state: settings, key names, Redis clients, the run store and the authenticator."""
+
+    settings: Settings
+    keys: Keys
+    redis: aioredis.Redis
+    sync_redis: redis.Redis  # for blocking package work in a thread (run_in_threadpool)
+    store: AsyncRunStore
+    scripts: Scripts  # the Lua scripts on the asyncio client
+    auth: Authenticator
+    extra: dict[str, Any] = field(default_factory=dict)  # room for other routers' per-app state
+
+    @classmethod
+    def create(cls, settings: Settings) -> Ctx:
+        """Clients for the configured Redis (they connect lazily, on first use)."""
+        keys = Keys(settings.redis_prefix)
+        client = connect_async(settings)
+        return cls(
+            settings=settings,
+            keys=keys,
+            redis=client,
+            sync_redis=connect(settings),
+            store=AsyncRunStore(client, keys, settings),
+            scripts=Scripts(client),
+            auth=Authenticator(settings, keys, client),
+        )
+
+    async def close(self) -> None:
+        """Close the clients' connections."""
+        await self.redis.aclose()
+        self.sync_redis.close()
+
+
+def get_ctx(request: Request) -> Ctx:
+    """The context of the app serving ``request``."""
+    ctx: Ctx = request.app.state.ctx
+    return ctx
+
+
+# auto_error=False: a missing header is our 401 with our body, not FastAPI's 403.
+_bearer = HTTPBearer(auto_error=False, description="an API token: 'Authorization: Bearer jy_...'")
+
+
+async def require_viewer(
+    request: Request, _credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
+) -> Principal:
+    """The caller, if its token may read."""
+    return await get_ctx(request).auth.authenticate(request, "viewer")
+
+
+async def require_operator(
+    request: Request, _credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
+) -> Principal:
+    """The caller, if its token may run, cancel, retry, start/stop and replay."""
+    return await get_ctx(request).auth.authenticate(request, "operator")
+
+
+async def require_admin(
+    request: Request, _credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
+) -> Principal:
+    """The caller, if its token may deploy, delete, change settings and manage tokens."""
+    return await get_ctx(request).auth.authenticate(request, "admin")

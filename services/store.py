@@ -1,0 +1,153 @@
+"""The asyncio counterpart of ``jobyard.runs.RunStore``, for the API.
+
+Script keys and arguments come from the same ``jobyard.runs.prepare_*`` functions the synchronous
+store uses, so the two cannot drift apart; this module only adds the awaiting, pipelining and the
+reads the API needs.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+from ulid import ULID
+
+from jobyard.errors import NotFound
+from jobyard.keys import Keys
+from jobyard.models import Job, Run
+from jobyard.runs import (
+    Created,
+    EnqueueSpec,
+    Fence,
+    decode_log_entry,
+    parse_create,
+    prepare_cancel,
+    prepare_create,
+)
+from jobyard.scripts import Scripts
+from jobyard.settings import Settings
+
+
+def job_not_found(name: str) -> NotFound:
+    """The error for a job that does not exist."""
+    return NotFound(f"job {name!r} does not exist", f"deploy it first with PUT /api/jobs/{name}")
+
+
+def run_not_found(run_id: str) -> NotFound:
+    """The error for a run that does not exist."""
+    return NotFound(
+        f"run {run_id!r} does not exist", "it may have been trimmed from its job's history (history_size)"
+    )
+
+
+def _ulid_ms(run_id: str) -> int | None:
+    try:
+        return int(ULID.from_str(run_id).milliseconds)
+    except (ValueError, TypeError):
+        return None
+
+
+class AsyncRunStore:
+    """Runs and jobs on an asyncio client."""
+
+    def __init__(self, client: aioredis.Redis, keys: Keys, settings: Settings) -> None:
+        self.r = client
+        self.keys = keys
+        self.settings = settings
+        self.scripts = Scripts(client)
+
+    # -- jobs --------------------------------------------------------------------------------
+    async def get_job(self, name: str) -> Job:
+        """The job record, or ``NotFound``."""
+        data = await self.r.hgetall(self.keys.job(name))
+        if not data:
+            raise job_not_found(name)
+        return Job.from_hash(data)
+
+    async def get_jobs(self, names: list[str]) -> dict[str, Job | None]:
+        """Several job records in one round trip (None for a missing one)."""
+        pipe = self.r.pipeline(transaction=False)
+        for name in names:
+            pipe.hgetall(self.keys.job(name))
+        rows = await pipe.execute()
+        return {name: (Job.from_hash(row) if row else None) for name, row in zip(names, rows, strict=True)}
+
+    # -- runs --------------------------------------------------------------------------------
+    async def create(self, spec: EnqueueSpec, job: Job, *, fence: Fence | None = None) -> Created:
+        """Write a run and enqueue it (one atomic script)."""
+        keys, args, run = prepare_create(self.keys, self.settings, spec, job, fence=fence)
+        return parse_create(await self.scripts.create_run(keys=keys, args=args), run)
+
+    async def create_many(self, items: list[tuple[EnqueueSpec, Job]]) -> list[Created]:
+        """Create many runs in one pipeline (one script call each, one round trip in all)."""
+        now = time.time()
+        pipe = self.r.pipeline(transaction=False)
+        runs: list[Run] = []
+        for spec, job in items:
+            keys, args, run = prepare_create(self.keys, self.settings, spec, job, now=now)
+            await self.scripts.create_run(keys=keys, args=args, client=pipe)
+            runs.append(run)
+        results = await pipe.execute()
+        return [parse_create(res, run) for res, run in zip(results, runs, strict=True)]
+
+    async def get(self, run_id: str) -> Run:
+        """The run record, or ``NotFound``."""
+        data = await self.r.hgetall(self.keys.run(run_id))
+        if not data:
+            raise run_not_found(run_id)
+        return Run.from_hash(data)
+
+    async def get_many(self, run_ids: list[str]) -> list[Run | None]:
+        """Several run records in one round trip (None for a missing one)."""
+        if not run_ids:
+            return []
+        pipe = self.r.pipeline(transaction=False)
+        for rid in run_ids:
+            pipe.hgetall(self.keys.run(rid))
+        return [Run.from_hash(d) if d else None for d in await pipe.execute()]
+
+    async def latest(self, job: str) -> Run | None:
+        """The job's newest run, if any."""
+        ids = await self.r.zrevrange(self.keys.job_runs(job), 0, 0)
+        if not ids:
+            return None
+        return (await self.get_many([ids[0].decode()]))[0]
+
+    async def page_ids(self, zset: str, limit: int, before: str | None) -> list[str]:
+        """Members of a zset scored by time, newest first, strictly after the member ``before``.
+
+        Paging by rank keeps runs that share a millisecond (a batch) apart; when ``before`` has
+        been trimmed meanwhile, its ULID time stands in for its score.
+        """
+        if not before:
+            raw = await self.r.zrevrange(zset, 0, limit - 1)
+            return [m.decode() for m in raw]
+        rank = await self.r.zrevrank(zset, before)
+        if rank is not None:
+            raw = await self.r.zrevrange(zset, rank + 1, rank + limit)
+            return [m.decode() for m in raw]
+        ms = _ulid_ms(before)
+        if ms is None:
+            return []
+        raw_scored = await self.r.zrevrangebyscore(zset, ms, "-inf", start=0, num=limit + 1000)
+        ids = [m.decode() for m in raw_scored]
+        return [i for i in ids if i < before][:limit]
+
+    async def list_for_job(self, job: str, limit: int = 50, before: str | None = None) -> list[Run]:
+        """A job's runs, newest first; ``before`` is a run id (exclusive) to page from."""
+        ids = await self.page_ids(self.keys.job_runs(job), limit, before)
+        return [run for run in await self.get_many(ids) if run is not None]
+
+    async def cancel(self, run: Run) -> tuple[str, str]:
+        """Cancel a run: ``cancelled`` (was waiting), ``signalled`` (running) or ``terminal``."""
+        keys, args = prepare_cancel(self.keys, run.id, run.job)
+        res = await self.scripts.cancel_run(keys=keys, args=args)
+        return res[0].decode(), (res[1].decode() if len(res) > 1 else "")
+
+    # -- logs --------------------------------------------------------------------------------
+    async def read_log(self, run_id: str, after: str = "-", count: int = 10_000) -> list[dict[str, Any]]:
+        """Log entries after entry id ``after`` (exclusive unless ``-``)."""
+        start = after if after == "-" else f"({after}"
+        entries = await self.r.xrange(self.keys.run_log(run_id), start, "+", count)
+        return [decode_log_entry(i, d) for i, d in entries]
