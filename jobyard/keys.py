@@ -18,6 +18,7 @@ Jobs and packages:
 - ``P:job:<name>``             hash: the job record (see ``jobyard/models.py``)
 - ``P:pkg:<sha256>``           string: the package zip, content-addressed
 - ``P:pkg:<sha256>:refs``      set of job names using that package
+- ``P:pkg:<sha256>:upload:<token>``  string: a package being written (TTL), renamed to ``P:pkg:<sha256>`` when complete
 
 Runs:
 
@@ -97,6 +98,9 @@ class Keys:
 
     def package_refs(self, sha256: str) -> str:
         return f"{self.prefix}:pkg:{sha256}:refs"
+
+    def package_upload(self, sha256: str, token: str) -> str:
+        return f"{self.prefix}:pkg:{sha256}:upload:{token}"
 
     # runs
     def run(self, run_id: str) -> str:
