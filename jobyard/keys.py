@@ -18,7 +18,7 @@ Jobs and packages:
 - ``P:job:<name>``             hash: the job record (see ``jobyard/models.py``)
 - ``P:pkg:<sha256>``           string: the package zip, content-addressed
 - ``P:pkg:<sha256>:refs``      set of job names using that package
-- ``P:pkg:<sha256>:upload:<token>``  string: a package being written (TTL), renamed to ``P:pkg:<sha256>`` when complete
+- ``P:pkg:<sha256>:upload:<t>``  string: a package being written (TTL), then renamed to ``P:pkg:<sha256>``
 
 Runs:
 
