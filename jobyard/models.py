@@ -97,7 +97,7 @@ _FLOAT_FIELDS = {
     "timeout_s",
     "dead_lettered_at",
 }
-_INT_FIELDS = {"attempt", "max_retries", "exit_code", "deaths", "worker_pid", "cancel_requested"}
+_INT_FIELDS = {"attempt", "max_retries", "exit_code", "deaths", "failures", "worker_pid", "cancel_requested"}
 _TIME_FIELDS = {"enqueued_at", "started_at", "ended_at", "scheduled_for", "next_attempt_at", "dead_lettered_at"}
 
 
@@ -130,7 +130,8 @@ class Run:
     callback_url: str | None = None
     replay_of: str | None = None
     package: str | None = None
-    deaths: int = 0
+    deaths: int = 0  # attempts lost because the worker died mid-run
+    failures: int = 0  # attempts that failed (exit code, timeout, missing interpreter)
     cancel_requested: int = 0
 
     def to_hash(self) -> dict[str, str]:

@@ -41,13 +41,13 @@ RUN_ACTOR = "jobyard_run"
 DRAMATIQ_MAX_RETRIES = 1_000_000
 
 
-def build_message(run_id: str, level: str) -> tuple[str, str]:
-    """A dramatiq message that asks for run ``run_id`` on queue ``level``: (redis id, encoded)."""
+def build_message(run_id: str, job: str, level: str) -> tuple[str, str]:
+    """A dramatiq message that asks for run ``run_id`` of ``job`` on queue ``level``: (redis id, encoded)."""
     redis_id = str(uuid4())
     message = Message(
         queue_name=level,
         actor_name=RUN_ACTOR,
-        args=(run_id,),
+        args=(run_id, job),
         kwargs={},
         options={"redis_message_id": redis_id, "max_retries": DRAMATIQ_MAX_RETRIES},
     )
@@ -138,23 +138,27 @@ class JobyardBroker(RedisBroker):
         """Give it back unprocessed (graceful stop): to the tail of its level."""
         self.do_requeue(fetched.level, fetched.redis_id)
 
-    def heartbeat(self) -> None:
-        """Mark this process alive and re-queue the messages of processes that are not."""
+    def heartbeat(self, pipe: Any = None) -> None:
+        """Mark this process alive and re-queue the messages of processes that are not.
+
+        Queued on ``pipe`` when given (the caller executes it), else run now.
+        """
+        target = pipe if pipe is not None else self.client.pipeline(transaction=False)
+        dispatch = self.scripts["dispatch"]
         for level in PRIORITY_LEVELS:
-            dispatch = self.scripts["dispatch"]
-            dispatch(
-                keys=[self.namespace],
-                args=[
-                    "qsize",
-                    int(time.time() * 1000),
-                    level,
-                    self.broker_id,
-                    self.heartbeat_timeout,
-                    self.dead_message_ttl,
-                    1,
-                    self._max_unpack_size(),
-                ],
-            )
+            args = [
+                "qsize",
+                int(time.time() * 1000),
+                level,
+                self.broker_id,
+                self.heartbeat_timeout,
+                self.dead_message_ttl,
+                1,  # do maintenance
+                self._max_unpack_size(),
+            ]
+            dispatch(keys=[self.namespace], args=args, client=target)
+        if pipe is None:
+            target.execute()
 
     def depths(self) -> dict[str, int]:
         """Waiting messages per level, and the delayed set."""

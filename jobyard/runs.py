@@ -98,7 +98,7 @@ def prepare_create(
         callback_url=spec.callback_url,
         replay_of=spec.replay_of,
     )
-    redis_id, message = build_message(run.id, priority.value)
+    redis_id, message = build_message(run.id, spec.job, priority.value)
     eta_ms = int(spec.run_at * 1000) if spec.run_at and spec.run_at > now else 0
     level = priority.value
     script_keys = [
@@ -146,6 +146,43 @@ def prepare_cancel(keys: Keys, run_id: str, job: str, now: float | None = None) 
     """Keys and arguments for ``cancel_run.lua``."""
     now = time.time() if now is None else now
     return [keys.run(run_id), keys.job_active(job), keys.cancel_channel], [now, TERMINAL_LUA]
+
+
+def prepare_finish(
+    keys: Keys,
+    settings: Settings,
+    run_id: str,
+    job: str,
+    status: RunStatus,
+    *,
+    mode: str = "final",
+    attempt: int | None = None,
+    history_size: int | None = None,
+    fields: dict[str, Any] | None = None,
+) -> tuple[list[str], list[Any]]:
+    """Keys and arguments for ``finish_run.lua`` (see ``RunStore.finish``)."""
+    flat: list[Any] = []
+    for name, value in (fields or {}).items():
+        if value is None:
+            continue
+        flat += [name, json.dumps(value) if name == "result" else value]
+    script_keys = [keys.run(run_id), keys.run_lease(run_id), keys.job_runs(job), keys.job_active(job), keys.dead_letters]
+    args = [
+        "" if attempt is None else attempt,
+        time.time(),
+        status.value,
+        mode,
+        history_size or settings.default_history_size,
+        keys.prefix,
+        TERMINAL_LUA,
+        *flat,
+    ]
+    return script_keys, args
+
+
+def parse_finish(result: list[bytes]) -> tuple[str, str]:
+    """Read ``finish_run.lua``'s answer as (outcome, status or attempt)."""
+    return result[0].decode(), (result[1].decode() if len(result) > 1 else "")
 
 
 def decode_log_entry(entry_id: bytes | str, data: dict[bytes, bytes]) -> dict[str, Any]:
@@ -229,26 +266,11 @@ class RunStore:
         Returns ``("ok", status)``, or ``("stale", attempt)`` when another attempt replaced this
         one, or ``("terminal", status)`` when the run had already ended.
         """
-        k = self.keys
-        flat: list[Any] = []
-        for name, value in fields.items():
-            if value is None:
-                continue
-            flat += [name, json.dumps(value) if name == "result" else value]
-        res = self.scripts.finish_run(
-            keys=[k.run(run_id), k.run_lease(run_id), k.job_runs(job), k.job_active(job), k.dead_letters],
-            args=[
-                "" if attempt is None else attempt,
-                time.time(),
-                status.value,
-                mode,
-                history_size or self.settings.default_history_size,
-                k.prefix,
-                TERMINAL_LUA,
-                *flat,
-            ],
+        keys, args = prepare_finish(
+            self.keys, self.settings, run_id, job, status, mode=mode, attempt=attempt,
+            history_size=history_size, fields=fields,
         )
-        return res[0].decode(), (res[1].decode() if len(res) > 1 else "")
+        return parse_finish(self.scripts.finish_run(keys=keys, args=args))
 
     # -- logs --------------------------------------------------------------------------------
     def append_log(self, pipe: Any, run_id: str, lines: list[tuple[float, str, str]]) -> None:

@@ -1,0 +1,212 @@
+"""One attempt of a claimed run on this host: package, working copy, environment, process, outcome."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shlex
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from jobyard.errors import JobyardError
+from jobyard.models import Job, Run, RunStatus
+from jobyard.runs import LOG_SYS
+from workers.environment import RunPaths, build_env
+from workers.output import RunLog
+from workers.runner import AttemptOutcome, ScriptRunner, StopControl, StopReason
+
+if TYPE_CHECKING:
+    from workers.worker import Worker as WorkerContext
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JobRunSettings:
+    """The settings.job values an attempt needs, with their defaults."""
+
+    timeout_s: float | None
+    stopping_wait_s: float
+    in_place: bool
+    entry: str | None
+    env: dict[str, str]
+    max_output_bytes: int
+    retry_min_s: float
+    retry_max_s: float
+
+    @classmethod
+    def of(cls, job: Job, run: Run, default_stopping_wait_s: float, default_max_output_mb: float) -> JobRunSettings:
+        """Read them from the job's (deploy-time validated) settings."""
+        js = job.settings
+        backoff = js.get("retry_backoff") or {}
+        timeout = run.timeout_s if run.timeout_s is not None else js.get("timeout")
+        return cls(
+            timeout_s=float(timeout) if timeout else None,
+            stopping_wait_s=float(js.get("stopping_wait_time", default_stopping_wait_s)),
+            in_place=bool(js.get("is_in_place", False)),
+            entry=js.get("entry"),
+            env=dict(js.get("env") or {}),
+            max_output_bytes=int(float(js.get("max_output_mb", default_max_output_mb)) * 1024 * 1024),
+            retry_min_s=float(backoff.get("min", 1.0)),
+            retry_max_s=float(backoff.get("max", 60.0)),
+        )
+
+
+@dataclass
+class AttemptResult:
+    """How the attempt ended, and the log lines still to be written with the outcome."""
+
+    status: RunStatus
+    job_settings: JobRunSettings
+    lines: list[tuple[float, str, str]] = field(default_factory=list)
+    exit_code: int | None = None
+    error: str | None = None
+    result: Any = None
+    package: str | None = None
+    interrupted: bool = False  # worker stopping: back on the queue, not a failure
+    lease_lost: bool = False  # another attempt owns the run now: record nothing
+
+    def fields(self) -> dict[str, Any]:
+        """Run fields to record."""
+        return {"exit_code": self.exit_code, "error": self.error, "result": self.result, "package": self.package}
+
+
+def describe_exit(code: int | None) -> str:
+    """``exit code 3`` or ``killed by SIGKILL``."""
+    if code is None:
+        return "no exit code"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def run_attempt(ctx: WorkerContext, run: Run, job: Job) -> AttemptResult:
+    """Prepare and run attempt ``run.attempt`` of ``run``; never raises for the script's faults."""
+    s = ctx.settings
+    js = JobRunSettings.of(job, run, s.default_stopping_wait_seconds, s.max_output_mb)
+    base = f"{run.id}.{run.attempt}"
+    paths = RunPaths(
+        workdir=s.data_dir / "work" / base,
+        data=s.data_dir / "jobs" / job.name / "data",
+        attempt_dir=s.data_dir / "attempts" / base,
+        home=s.data_dir / "attempts" / base / "home",
+    )
+    runlog = RunLog(lambda lines: ctx.write_log(run.id, lines), js.max_output_bytes)
+    control = StopControl()
+    ctx.register(run.id, control)
+    workdir: Path | None = None
+    try:
+        for d in (paths.data, paths.tmp, paths.home):
+            d.mkdir(parents=True, exist_ok=True)
+        try:
+            package_root = ctx.cache.extracted(job.package)
+            workdir = package_root if js.in_place else paths.workdir
+            if not js.in_place:
+                ctx.working_copy(package_root, workdir)
+            entry = ctx.entry_for(job, package_root, js.entry)
+            argv = [*ctx.command_for(workdir, entry), *run.args]
+        except (JobyardError, OSError) as exc:
+            message = getattr(exc, "message", None) or str(exc)
+            runlog.add(LOG_SYS, f"attempt {run.attempt} could not start: {message}")
+            return AttemptResult(RunStatus.FAILED, js, runlog.take_pending(), error=message, package=job.package)
+        env = build_env(s, job, run, paths, job_env=js.env)
+        runner = ScriptRunner(
+            argv,
+            cwd=workdir,
+            env=env,
+            log=runlog,
+            shutdown_file=paths.shutdown_file,
+            result_file=paths.result_file,
+            timeout_s=js.timeout_s,
+            stopping_wait_s=js.stopping_wait_s,
+            max_line_bytes=s.max_line_bytes,
+            max_result_bytes=s.max_result_bytes,
+            control=control,
+        )
+        runlog.add(
+            LOG_SYS,
+            f"attempt {run.attempt} on {s.instance_id} (worker pid {ctx.pid}): {shlex.join(argv)}",
+        )
+        if ctx.stopping:
+            control.request(StopReason.SHUTDOWN)
+        try:
+            pid = runner.start()
+        except OSError as exc:
+            message = f"could not start {argv[0]}: {exc.strerror or exc}"
+            runlog.add(LOG_SYS, message)
+            return AttemptResult(RunStatus.FAILED, js, runlog.take_pending(), error=message, package=job.package)
+        ctx.track_process(run.id, pid)
+        ctx.hooks.emit("after_start", run, job, pid)
+        try:
+            outcome = runner.wait()
+        finally:
+            ctx.untrack_process(run.id)
+        return _judge(run, js, runlog, outcome, job.package)
+    finally:
+        ctx.unregister(run.id)
+        if workdir is not None and not js.in_place:
+            ctx.remove_tree(workdir)
+        ctx.remove_tree(paths.attempt_dir)
+
+
+def _judge(run: Run, js: JobRunSettings, runlog: RunLog, outcome: AttemptOutcome, package: str) -> AttemptResult:
+    """Turn the process outcome into a run status and an error text."""
+    code = outcome.exit_code
+    reason = outcome.stop_reason
+    took = f"after {outcome.duration_s:.2f} s"
+    if outcome.result_error:
+        runlog.add(LOG_SYS, outcome.result_error)
+    error: str | None = None
+    interrupted = lease_lost = False
+    if reason is StopReason.LEASE_LOST:
+        status, lease_lost = RunStatus.FAILED, True
+    elif reason is StopReason.SHUTDOWN and code != 0:
+        status, interrupted = RunStatus.QUEUED, True
+        error = f"interrupted by a worker shutdown ({describe_exit(code)}); queued again"
+    elif reason is StopReason.CANCEL:
+        status, error = RunStatus.CANCELLED, f"cancelled while running ({describe_exit(code)})"
+    elif reason is StopReason.TIMEOUT:
+        status, error = RunStatus.TIMED_OUT, f"timed out after {js.timeout_s:g} s ({describe_exit(code)})"
+    elif code == 0:
+        status = RunStatus.SUCCEEDED
+    else:
+        status = RunStatus.FAILED
+        tail = " | ".join(list(runlog.error_tail)[-5:]) or " | ".join(list(runlog.last_lines)[-3:])
+        error = describe_exit(code) + (f": {tail}" if tail else "")
+        error = error[:2000]
+    end = f"{describe_exit(code)} {took}: {'interrupted' if interrupted else status.value}"
+    if runlog.truncated:
+        end += f" ({runlog.dropped_bytes} bytes of output over the cap were not stored)"
+    runlog.add(LOG_SYS, end)
+    return AttemptResult(
+        status,
+        js,
+        runlog.take_pending(),
+        exit_code=code,
+        error=error,
+        result=outcome.result,
+        package=package,
+        interrupted=interrupted,
+        lease_lost=lease_lost,
+    )
+
+
+def write_pid_file(directory: Path, run_id: str, pgid: int, worker_pid: int) -> Path:
+    """Record a script's process group so a restarted worker can find it if this one dies."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{run_id}.pgid"
+    path.write_text(f"{pgid} {worker_pid} {time.time():.3f}\n")
+    return path
+
+
+def remove_pid_file(directory: Path, run_id: str) -> None:
+    """Forget a finished script's process group."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(directory / f"{run_id}.pgid")

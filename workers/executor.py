@@ -1,0 +1,217 @@
+"""One delivered message, start to end: claim the run, run the attempt, record it, settle the message.
+
+Delivery is at least once (dramatiq); execution is exactly once per attempt because nothing runs
+before ``claim_run.lua`` says so. The outcomes of a claim:
+
+- terminal / missing: a redelivered message for a finished (or trimmed) run: acked and dropped;
+- busy: the run's lease is alive, so it runs elsewhere: the message is put back with a delay of
+  one lease period and looked at again then (if that worker dies, the copy runs it);
+- dead: the run's workers died ``max_worker_deaths`` times: dead-lettered with that reason;
+- claimed: run it as the next attempt.
+
+Failed attempts are retried through dramatiq's ``Retries`` middleware: the executor raises
+``dramatiq.Retry(delay=...)`` with a delay from the job's ``retry_backoff`` (exponential, full
+jitter), or raises ``RunFailed`` (listed in the actor's ``throws``) when the run is out of
+retries, which makes dramatiq fail the message into its dead-letter queue. The count of retries
+is kept on the run record, not in the message, because a worker death is invisible to dramatiq.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import dramatiq
+from dramatiq.broker import MessageProxy
+
+from jobyard.models import TERMINAL_LUA, Job, Run, RunStatus
+from jobyard.queue import Fetched
+from jobyard.redis_conn import CONNECTION_ERRORS
+from jobyard.runs import LOG_SYS, parse_finish, prepare_finish
+from workers.attempt import AttemptResult, run_attempt
+
+if TYPE_CHECKING:
+    from workers.worker import Worker as WorkerContext
+
+log = logging.getLogger(__name__)
+
+
+class RunFailed(Exception):  # noqa: N818 - dramatiq's "throws" names an outcome, not an error
+    """The run failed for good: dramatiq fails the message (no retry)."""
+
+
+@dataclass
+class Claim:
+    """What ``claim_run.lua`` answered."""
+
+    outcome: str
+    run: Run | None = None
+    job: Job | None = None
+    detail: str = ""
+
+
+def backoff_s(failures: int, min_s: float, max_s: float) -> float:
+    """Delay before retry number ``failures``: exponential from ``min_s``, full jitter, capped at ``max_s``."""
+    cap = min(max_s, min_s * (2 ** max(0, failures - 1)))
+    return random.uniform(min_s, max(min_s, cap))
+
+
+def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+class Executor:
+    """Processes fetched messages for one worker process (thread-safe; one call per slot)."""
+
+    def __init__(self, ctx: WorkerContext) -> None:
+        self.ctx = ctx
+
+    # -- the message -------------------------------------------------------------------------
+    def process(self, fetched: Fetched) -> None:
+        """Run the message through dramatiq's middleware around ``execute`` and settle it."""
+        ctx = self.ctx
+        proxy = MessageProxy(fetched.message)
+        disposition = "ack"
+        ctx.broker.emit_before("process_message", proxy)
+        try:
+            disposition = self.execute(str(proxy.args[0]), str(proxy.args[1]), proxy)
+            ctx.broker.emit_after("process_message", proxy, result=None)
+        except BaseException as exc:
+            proxy.stuff_exception(exc)
+            if not isinstance(exc, dramatiq.Retry | RunFailed):
+                log.exception("unexpected failure processing message %s", fetched.redis_id)
+            ctx.retrying(lambda: ctx.broker.emit_after("process_message", proxy, exception=exc), "re-enqueue")
+        finally:
+            if proxy.failed:
+                ctx.retrying(lambda: ctx.broker.nack_message(fetched), "nack")
+            elif disposition == "requeue":
+                ctx.retrying(lambda: ctx.broker.requeue_message(fetched), "requeue")
+            else:
+                ctx.retrying(lambda: ctx.broker.ack_message(fetched), "ack")
+
+    def execute(self, run_id: str, job_name: str, proxy: MessageProxy) -> str:
+        """Claim and run; returns ``ack`` or ``requeue``, raises Retry or RunFailed (see module doc)."""
+        ctx = self.ctx
+        claim = ctx.retrying(lambda: self.claim(run_id, job_name), "claim")
+        if claim.outcome == "busy" and claim.detail == ctx.worker_id and not ctx.is_running(run_id):
+            # Our own claim went through but its reply was lost (connection reset): it is ours.
+            claim = Claim("claimed", ctx.store.get(run_id), None)
+            if claim.run is not None:
+                claim.job = ctx.store.get_job(claim.run.job)
+        if claim.outcome in ("terminal", "missing") or (claim.outcome == "busy" and ctx.is_running(run_id)):
+            ctx.hooks.emit("after_drop", claim.outcome, run_id)
+            return "ack"
+        if claim.outcome == "busy":
+            ctx.broker.enqueue(proxy._message, delay=int(ctx.settings.run_lease_ttl_seconds * 1000))
+            ctx.hooks.emit("after_drop", "busy", run_id)
+            return "ack"
+        if claim.outcome == "cancelled":
+            self._finish_without_running(run_id, RunStatus.CANCELLED, "cancelled before it started")
+            return "ack"
+        if claim.outcome == "nojob":
+            self._finish_without_running(run_id, RunStatus.FAILED, "the job was deleted before the run started")
+            return "ack"
+        if claim.outcome == "dead":
+            run = ctx.store.get(run_id)
+            reason = f"the worker running it died {claim.detail} times; dead-lettered so it cannot loop forever"
+            self._record(run, None, RunStatus.FAILED, "deadletter", error=reason)
+            raise RunFailed(reason)
+        assert claim.run is not None and claim.job is not None
+        return self._attempt(claim.run, claim.job)
+
+    def claim(self, run_id: str, job_name: str) -> Claim:
+        """Call ``claim_run.lua`` for ``run_id``."""
+        ctx, k = self.ctx, self.ctx.keys
+        res = ctx.store.scripts.claim_run(
+            keys=[k.run(run_id), k.run_lease(run_id), k.job(job_name)],
+            args=[
+                ctx.worker_id,
+                ctx.settings.instance_id,
+                ctx.pid,
+                time.time(),
+                int(ctx.settings.run_lease_ttl_seconds * 1000),
+                ctx.settings.max_worker_deaths,
+                TERMINAL_LUA,
+            ],
+        )
+        outcome = res[0].decode()
+        if outcome == "claimed":
+            return Claim(outcome, Run.from_hash(_pairs(res[1])), Job.from_hash(_pairs(res[2])))
+        return Claim(outcome, detail=res[1].decode() if len(res) > 1 else "")
+
+    # -- an attempt --------------------------------------------------------------------------
+    def _attempt(self, run: Run, job: Job) -> str:
+        ctx = self.ctx
+        ctx.hooks.emit("after_claim", run, job)
+        result: AttemptResult = run_attempt(ctx, run, job)
+        if result.lease_lost:
+            log.warning("run %s: lease lost mid-attempt; another attempt owns it now", run.id)
+            return "ack"
+        if result.interrupted:
+            self._record(run, job, RunStatus.QUEUED, "requeue", lines=result.lines, error=result.error)
+            ctx.hooks.emit("after_requeue", run, job)
+            return "requeue"
+        if result.status in (RunStatus.SUCCEEDED, RunStatus.CANCELLED):
+            self._record(run, job, result.status, "final", lines=result.lines, **result.fields())
+            return "ack"
+        # failed or timed out: retry while the budget lasts
+        failures = run.failures + 1
+        js = result.job_settings
+        if failures <= run.max_retries:
+            delay = backoff_s(failures, js.retry_min_s, js.retry_max_s)
+            lines = [*result.lines, (time.time(), LOG_SYS, f"attempt {run.attempt} {result.status.value}; "
+                                                              f"retry {failures} of {run.max_retries} in {delay:.1f} s")]
+            self._record(run, job, RunStatus.RETRYING, "retry", lines=lines, failures=failures,
+                         next_attempt_at=time.time() + delay, **result.fields())
+            ctx.hooks.emit("after_retry", run, job, delay)
+            raise dramatiq.Retry(delay=int(delay * 1000))
+        lines = [*result.lines, (time.time(), LOG_SYS, f"attempt {run.attempt} {result.status.value}; "
+                                                          "no retries left: dead-lettered")]
+        self._record(run, job, result.status, "deadletter", lines=lines, failures=failures, **result.fields())
+        raise RunFailed(result.error or result.status.value)
+
+    # -- recording ---------------------------------------------------------------------------
+    def _finish_without_running(self, run_id: str, status: RunStatus, error: str) -> None:
+        run = self.ctx.store.get(run_id)
+        self._record(run, None, status, "final", error=error)
+
+    def _record(
+        self,
+        run: Run,
+        job: Job | None,
+        status: RunStatus,
+        mode: str,
+        *,
+        lines: list[tuple[float, str, str]] | None = None,
+        **fields: Any,
+    ) -> None:
+        """Write the last log lines and the outcome in one round trip, then tell the hooks."""
+        ctx = self.ctx
+        history = None
+        if job is not None:
+            history = int(job.settings.get("history_size") or ctx.settings.default_history_size)
+
+        def write() -> tuple[str, str]:
+            pipe = ctx.client.pipeline(transaction=False)
+            if lines:
+                ctx.store.append_log(pipe, run.id, lines)
+            keys, args = prepare_finish(
+                ctx.keys, ctx.settings, run.id, run.job, status, mode=mode,
+                attempt=run.attempt if run.attempt else None, history_size=history, fields=fields,
+            )
+            ctx.store.scripts.finish_run(keys=keys, args=args, client=pipe)
+            return parse_finish(pipe.execute()[-1])
+
+        outcome, detail = ctx.retrying(write, "record the run's outcome")
+        if outcome != "ok":
+            log.info("run %s: outcome not recorded (%s %s)", run.id, outcome, detail, extra={"run_id": run.id})
+            return
+        if status.terminal and job is not None:
+            final = ctx.retrying(lambda: ctx.store.get(run.id), "read the run")
+            ctx.hooks.emit("after_finish", final, job)
+            if mode == "deadletter":
+                ctx.hooks.emit("after_dead_letter", final, job)
+

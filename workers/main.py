@@ -1,0 +1,58 @@
+"""``jobyard worker``: start a worker process and stop it gracefully on SIGTERM / SIGINT."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from types import FrameType
+
+from jobyard.settings import Settings
+from workers.worker import Worker
+
+log = logging.getLogger(__name__)
+
+WORKER_METRICS_PORT = 9101
+
+
+def serve(settings: Settings, concurrency: int | None = None) -> int:
+    """Run a worker until it is stopped; returns the exit code."""
+    if os.geteuid() == 0 and not settings.run_as:
+        log.warning(
+            "running as root without JOBYARD_RUN_AS: scripts run as root too; "
+            "set JOBYARD_RUN_AS to an unprivileged user"
+        )
+    worker = Worker(settings, concurrency)
+    health = _start_health(settings, worker)
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        # the handler runs on the main thread, which is the dispatcher: hand off to a thread
+        threading.Thread(target=worker.request_stop, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        return worker.run()
+    finally:
+        if health is not None:
+            health.stop()
+
+
+def _start_health(settings: Settings, worker: Worker) -> object | None:
+    """/metrics, /healthz and /readyz on the worker's metrics port (when that module is present)."""
+    try:
+        from jobyard.health_server import resolve_metrics_port, start_health_server
+    except ImportError:
+        return None
+    port = resolve_metrics_port(settings, WORKER_METRICS_PORT)
+    if not port:
+        return None
+    try:
+        from workers.metrics_hooks import MetricsHooks
+
+        worker.hooks.add(MetricsHooks())
+    except ImportError:
+        pass
+    return start_health_server(port, worker.ready)

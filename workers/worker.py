@@ -1,0 +1,347 @@
+"""The worker process: slots, the dispatcher that fills them, and the heartbeat that keeps it honest.
+
+Threads:
+
+- **dispatcher**: whenever a slot is free, fetch the next message in strict priority order
+  (``JobyardBroker.fetch``); when none waits, block on the wake list until an enqueue, the next
+  delayed eta or ``idle_wait_seconds``. Never fetches for a slot it does not have, so a worker
+  holds no runs it cannot start.
+- **slots** (a pool of ``concurrency`` threads): each runs one message through ``Executor``.
+- **heartbeat** (every ``heartbeat_interval_seconds``): marks this process alive for dramatiq's
+  maintenance and ``GET /api/cluster``, forces that maintenance (re-queues dead workers'
+  messages), renews the leases of the runs it executes and notices cancel flags and lost leases.
+- **cancel listener**: pub/sub on the cancel channel, so a cancel reaches the script at once.
+
+Stop: the first SIGTERM/SIGINT stops fetching and asks every script to stop (shutdown file,
+SIGTERM, SIGKILL after its ``stopping_wait_time``); interrupted runs go back on the queue. A
+second signal skips the waiting (scripts are killed now) but still puts every run back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import redis
+from dramatiq import Actor
+from dramatiq.middleware import Retries
+
+from jobyard.hooks import HookChain
+from jobyard.keys import Keys
+from jobyard.models import Job
+from jobyard.queue import DRAMATIQ_MAX_RETRIES, RUN_ACTOR, Fetched, JobyardBroker
+from jobyard.redis_conn import CONNECTION_ERRORS, connect, wait_for_redis
+from jobyard.runs import RunStore
+from jobyard.settings import Settings
+from workers import packaging
+from workers.attempt import remove_pid_file, write_pid_file
+from workers.executor import Executor, RunFailed
+from workers.runner import StopControl, StopReason
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Worker:
+    """One worker process (see the module docstring); also the context its executor uses."""
+
+    def __init__(self, settings: Settings, concurrency: int | None = None) -> None:
+        self.settings = settings
+        self.concurrency = max(1, concurrency or settings.concurrency)
+        self.keys = Keys(settings.redis_prefix)
+        self.client = connect(settings)
+        # BLPOP blocks up to idle_wait_seconds; give that connection room beyond it.
+        self.block_client = connect(settings, socket_timeout=settings.idle_wait_seconds + 10)
+        wait_for_redis(self.client, settings)
+        self.broker = JobyardBroker(
+            self.client,
+            self.keys,
+            heartbeat_timeout_s=settings.heartbeat_timeout_seconds,
+            dead_letter_ttl_s=settings.dead_letter_ttl_seconds,
+            middleware=[Retries(max_retries=DRAMATIQ_MAX_RETRIES, min_backoff=1000, max_backoff=3_600_000)],
+        )
+        Actor(
+            _never_called,
+            broker=self.broker,
+            actor_name=RUN_ACTOR,
+            queue_name="normal",
+            priority=0,
+            options={"throws": (RunFailed,), "max_retries": DRAMATIQ_MAX_RETRIES},
+        )
+        self.worker_id = self.broker.broker_id
+        self.pid = os.getpid()
+        self.host = socket.gethostname()
+        self.store = RunStore(self.client, self.keys, settings)
+        self.hooks = HookChain()
+        self.packages = packaging.HostPackages(settings, self.client, self.keys)
+        self.executor = Executor(self)
+        self.pid_dir = settings.data_dir / "pids"
+        self._controls: dict[str, StopControl] = {}
+        self._lock = threading.Lock()
+        self._free = threading.Semaphore(self.concurrency)
+        self._busy = 0
+        self.stopping = False
+        self.hard_stop = False
+        self._stopped = threading.Event()
+        self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="slot")
+        self.started_at = time.time()
+        self.consuming = False
+
+    # -- context used by the executor and attempts --------------------------------------------
+    def retrying(self, fn: Callable[[], T], what: str) -> T:
+        """Call ``fn`` until Redis answers (bounded backoff, a log line per retry)."""
+        delay = 0.1
+        while True:
+            try:
+                return fn()
+            except CONNECTION_ERRORS as exc:
+                log.warning("Redis unreachable while trying to %s (%s); retrying in %.1f s", what, exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def is_running(self, run_id: str) -> bool:
+        with self._lock:
+            return run_id in self._controls
+
+    def register(self, run_id: str, control: StopControl) -> None:
+        with self._lock:
+            self._controls[run_id] = control
+
+    def unregister(self, run_id: str) -> None:
+        with self._lock:
+            self._controls.pop(run_id, None)
+
+    def track_process(self, run_id: str, pgid: int) -> None:
+        write_pid_file(self.pid_dir, run_id, pgid, self.pid)
+
+    def untrack_process(self, run_id: str) -> None:
+        remove_pid_file(self.pid_dir, run_id)
+
+    def write_log(self, run_id: str, lines: list[tuple[float, str, str]]) -> None:
+        """Append log lines now (one round trip)."""
+
+        def write() -> None:
+            pipe = self.client.pipeline(transaction=False)
+            self.store.append_log(pipe, run_id, lines)
+            pipe.execute()
+
+        self.retrying(write, "write a run log")
+
+    @property
+    def cache(self) -> packaging.HostPackages:
+        return self.packages
+
+    def working_copy(self, src: Path, dest: Path) -> None:
+        self.packages.working_copy(src, dest)
+
+    def entry_for(self, job: Job, root: Path, entry: str | None) -> str:
+        return self.packages.entry_for(job.package, root, entry)
+
+    def command_for(self, workdir: Path, entry: str) -> list[str]:
+        return self.packages.command_for(workdir, entry)
+
+    @staticmethod
+    def remove_tree(path: Path) -> None:
+        shutil.rmtree(path, ignore_errors=True)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def run(self) -> int:
+        """Serve until stopped; returns the process exit code."""
+        from workers.orphans import reap_orphans
+
+        reap_orphans(self.pid_dir)
+        threads = [
+            threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True),
+            threading.Thread(target=self._cancel_loop, name="cancel", daemon=True),
+        ]
+        for t in threads:
+            t.start()
+        self._beat()
+        log.info(
+            "worker %s (%s, pid %d) consuming with %d slots", self.worker_id, self.settings.instance_id,
+            self.pid, self.concurrency,
+        )
+        try:
+            self._dispatch_loop()
+        finally:
+            self._drain()
+        return 0
+
+    def request_stop(self) -> None:
+        """First call: graceful stop. Second call: kill scripts now (runs still go back on the queue)."""
+        if self.stopping:
+            self.hard_stop = True
+            log.warning("second stop request: killing running scripts now")
+        else:
+            log.info("stopping: no new runs; asking %d running scripts to stop", len(self._controls))
+        self.stopping = True
+        with self._lock:
+            controls = list(self._controls.values())
+        for control in controls:
+            control.request(StopReason.SHUTDOWN, hard=self.hard_stop)
+
+    def _dispatch_loop(self) -> None:
+        self.consuming = True
+        delay = 0.1
+        while not self.stopping:
+            if not self._free.acquire(timeout=0.5):
+                continue
+            handed_over = False
+            try:
+                got = self.broker.fetch()
+                delay = 0.1
+                if isinstance(got, Fetched):
+                    self._start_slot(got)
+                    handed_over = True
+                    continue
+                wait = self.settings.idle_wait_seconds
+                if got is not None:
+                    wait = min(wait, max(0.0, got - time.time()))
+                self.broker.wait_for_wake(self.block_client, wait)
+            except CONNECTION_ERRORS as exc:
+                self.consuming = False
+                log.warning("Redis unreachable while fetching (%s); retrying in %.1f s", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                self.consuming = True
+            finally:
+                if not handed_over:
+                    self._free.release()
+        self.consuming = False
+
+    def _start_slot(self, fetched: Fetched) -> None:
+        with self._lock:
+            self._busy += 1
+        self._pool.submit(self._slot, fetched)
+
+    def _slot(self, fetched: Fetched) -> None:
+        try:
+            self.executor.process(fetched)
+        except Exception:
+            log.exception("slot failed on message %s", fetched.redis_id)
+        finally:
+            with self._lock:
+                self._busy -= 1
+            self._free.release()
+
+    def _drain(self) -> None:
+        """Wait for the slots (their scripts were asked to stop), then deregister."""
+        self.request_stop() if not self.stopping else None
+        self._pool.shutdown(wait=True)
+        self._stopped.set()
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.zrem(self.keys.workers, self.worker_id)
+            pipe.delete(self.keys.worker(self.worker_id))
+            pipe.execute()
+        except CONNECTION_ERRORS:
+            log.warning("could not deregister from Redis; the entry expires by itself")
+        log.info("worker %s stopped", self.worker_id)
+
+    # -- heartbeat ----------------------------------------------------------------------------
+    def _heartbeat_loop(self) -> None:
+        while not self._stopped.wait(self.settings.heartbeat_interval_seconds):
+            try:
+                self._beat()
+            except CONNECTION_ERRORS as exc:
+                log.warning("heartbeat failed: Redis unreachable (%s)", exc)
+            except Exception:
+                log.exception("heartbeat failed")
+
+    def _beat(self) -> None:
+        k = self.keys
+        now_ms = int(time.time() * 1000)
+        with self._lock:
+            run_ids = list(self._controls)
+            busy = self._busy
+        pipe = self.client.pipeline(transaction=False)
+        self.broker.heartbeat(pipe)
+        pipe.zadd(k.workers, {self.worker_id: now_ms})
+        pipe.hset(
+            k.worker(self.worker_id),
+            mapping={
+                "instance_id": self.settings.instance_id,
+                "host": self.host,
+                "pid": self.pid,
+                "slots": self.concurrency,
+                "busy": busy,
+                "started_at": self.started_at,
+                "stopping": int(self.stopping),
+            },
+        )
+        pipe.pexpire(k.worker(self.worker_id), int(self.settings.heartbeat_timeout_seconds * 3000))
+        cutoff = now_ms - int(self.settings.heartbeat_timeout_seconds * 3000)
+        pipe.zremrangebyscore(k.workers, "-inf", cutoff)
+        if run_ids:
+            self.store.scripts.renew_leases(
+                keys=[k.run_lease(r) for r in run_ids],
+                args=[self.worker_id, int(self.settings.run_lease_ttl_seconds * 1000)],
+                client=pipe,
+            )
+            for r in run_ids:
+                pipe.hget(k.run(r), "cancel_requested")
+        results = pipe.execute()
+        if not run_ids:
+            return
+        base = len(results) - len(run_ids) - 1  # renew_leases' answer, then one flag per run
+        lost = {run_ids[i - 1] for i in results[base]}
+        flags = results[base + 1 :]
+        for run_id, flag in zip(run_ids, flags, strict=True):
+            with self._lock:
+                control = self._controls.get(run_id)
+            if control is None:
+                continue
+            if run_id in lost:
+                log.warning("run %s: lease taken by another worker; stopping our attempt", run_id)
+                control.request(StopReason.LEASE_LOST, hard=True)
+            elif flag == b"1":
+                control.request(StopReason.CANCEL)
+
+    # -- cancel -------------------------------------------------------------------------------
+    def _cancel_loop(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                pubsub = self.block_client.pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(self.keys.cancel_channel)
+                while not self._stopped.is_set():
+                    msg = pubsub.get_message(timeout=1.0)
+                    if msg and msg.get("type") == "message":
+                        self._cancel(msg["data"].decode())
+                pubsub.close()
+            except (redis.RedisError, OSError) as exc:
+                log.warning("cancel listener lost Redis (%s); reconnecting", exc)
+                self._stopped.wait(1.0)
+
+    def _cancel(self, run_id: str) -> None:
+        with self._lock:
+            control = self._controls.get(run_id)
+        if control is not None:
+            log.info("run %s: cancel requested", run_id, extra={"run_id": run_id})
+            control.request(StopReason.CANCEL)
+
+    def ready(self) -> bool:
+        """Readiness: consuming and Redis answering."""
+        if not self.consuming or self.stopping:
+            return False
+        try:
+            return bool(self.client.ping())
+        except CONNECTION_ERRORS:
+            return False
+
+    def status(self) -> dict[str, Any]:
+        """What this worker is doing, for logs and health."""
+        with self._lock:
+            return {"busy": self._busy, "slots": self.concurrency, "running": list(self._controls)}
+
+
+def _never_called(*_args: Any) -> None:
+    """The actor exists so dramatiq's middleware can read its options; the executor runs messages."""
+    raise RuntimeError("jobyard_run messages are processed by workers.executor")
