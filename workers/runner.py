@@ -4,7 +4,9 @@ The script runs in a session of its own (``start_new_session``), so its pid is i
 group and everything it forks can be signalled together. The runner never blocks in ``wait()``:
 it waits on the pipes with a timeout (``selectors``), so deadlines, cancel and shutdown requests
 are noticed within ``POLL_S`` however the script behaves. Stopping writes the shutdown file,
-sends SIGTERM to the group, waits ``stopping_wait_s`` and then sends SIGKILL to the group. When
+sends SIGTERM to the group a moment later (``term_delay_s``: half the stopping wait, at most
+2 s, so a WebJobs-style script that polls the shutdown file can end on its own first), and
+sends SIGKILL to the group when ``stopping_wait_s`` has passed. When
 the script exits, whatever it left running in its group is killed, and its pipes are drained.
 """
 
@@ -146,6 +148,8 @@ class ScriptRunner:
             os.set_blocking(pipe.fileno(), False)
             sel.register(pipe.fileno(), selectors.EVENT_READ)
         stop_sent_at: float | None = None
+        term_sent = False
+        term_delay_s = min(2.0, self.stopping_wait_s / 2)
         killed = False
         exited_at: float | None = None
         try:
@@ -181,7 +185,10 @@ class ScriptRunner:
                 if self.control.reason is not None:
                     if stop_sent_at is None:
                         stop_sent_at = now
-                        self._ask_to_stop(proc.pid)
+                        self._write_shutdown_file()
+                    if not term_sent and (self.control.hard or now - stop_sent_at >= term_delay_s):
+                        term_sent = True
+                        kill_group(proc.pid, signal.SIGTERM)
                     if self.control.hard or now - stop_sent_at >= self.stopping_wait_s:
                         if not killed:
                             killed = kill_group(proc.pid) or killed
@@ -201,16 +208,16 @@ class ScriptRunner:
             killed=killed,
         )
 
-    def _ask_to_stop(self, pgid: int) -> None:
+    def _write_shutdown_file(self) -> None:
         with contextlib.suppress(OSError):
             self.shutdown_file.touch()
         reason = self.control.reason.value if self.control.reason else "stop"
+        wait = 0 if self.control.hard else self.stopping_wait_s
         self.log.add(
             LOG_SYS,
-            f"stopping ({reason}): shutdown file written, SIGTERM sent; "
-            f"SIGKILL in {0 if self.control.hard else self.stopping_wait_s:g} s",
+            f"stopping ({reason}): shutdown file written; SIGTERM to the process group in "
+            f"{0 if self.control.hard else min(2.0, wait / 2):g} s, SIGKILL in {wait:g} s",
         )
-        kill_group(pgid, signal.SIGTERM)
 
     def _read_result(self) -> tuple[Any, str | None]:
         try:
