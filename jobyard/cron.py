@@ -12,20 +12,27 @@ are Sunday (APScheduler 3.x counts from Monday, so the field is expanded here in
 set of day names). ``?`` is read as ``*`` (Quartz style). When both day-of-month and day-of-week
 are restricted, both must match (as NCRONTAB and APScheduler do; Vixie cron would OR them).
 
-Time zones are IANA names (``Europe/Berlin``), default UTC. How daylight-saving changes are
-handled (APScheduler 3.11.3's ``CronTrigger``, verified by ``tests/jobyard/test_cron.py``):
+Time zones are IANA names (``Europe/Berlin``), default UTC. Daylight-saving changes follow
+ISC/Vixie cron's rules, and the fire set depends on the schedule only, never on where a
+computation starts (every replica and every catch-up must find the same instants):
 
-- **Spring forward (a wall time that does not exist)**: the fire is *moved* to the same minute and
-  second one hour later, i.e. the first wall time after the gap. ``30 2 * * *`` in Europe/Berlin
-  on 2025-03-30 fires at 03:30 CEST (01:30 UTC); a job every 15 minutes simply has no fires at
-  02:00-02:45 that night (03:00, 03:15, ... follow 01:45). Times inside the gap are never fired
-  twice: a daily 02:30 and a daily 03:30 both fire at 03:30 that day, once each job.
-- **Fall back (a wall time that occurs twice)**: the fire happens *once*, at the first
-  occurrence (the summer-time one, fold=0). ``30 2 * * *`` in Europe/Berlin on 2025-10-26 fires at
-  02:30 CEST (00:30 UTC) only, not again at 02:30 CET. A job every 15 minutes fires at 02:00,
-  02:15, 02:30, 02:45 CEST and then continues at 03:00 CET: the repeated hour is not fired again.
-  An hourly job (``0 * * * *``) thus fires at 02:00 CEST and 03:00 CET, an interval of two real
-  hours across the change.
+- **Spring forward, a wall time that does not exist is moved** to the instant the clock jumps.
+  ``30 2 * * *`` in Europe/Berlin fires on 2025-03-30 at 03:00 CEST (01:00 UTC); in
+  America/New_York on 2025-03-09 at 03:00 EDT (07:00 UTC). Several times inside the gap fire
+  once there: ``*/15 * * * *`` goes 01:45 CET, 03:00 CEST, 03:15 CEST.
+- **Fall back, a wall time that occurs twice fires once**, at its first occurrence:
+  ``30 2 * * *`` in Europe/Berlin fires on 2025-10-26 at 02:30 CEST (00:30 UTC) and not again at
+  02:30 CET; ``30 1 * * *`` in America/New_York on 2025-11-02 at 01:30 EDT (05:30 UTC) only.
+  Exception, as in cron: a schedule whose hour field is ``*`` runs by the real clock through both
+  copies of the repeated hour (``*/15 * * * *`` fires 02:00..02:45 CEST, then 02:00..02:45 CET),
+  because it describes an interval rather than a time of day.
+
+Why not APScheduler's own DST handling: in 3.11.3 ``CronTrigger.get_next_fire_time`` treats the
+gap by code path (``30 2 * * *`` comes out as the non-existent 02:30+01:00 = 03:30 CEST, while
+``10,50 2 * * *`` skips that day altogether), and in the overlap it fires every repeated wall
+time twice (a daily 02:30 job runs at 02:30 CEST and again at 02:30 CET). So APScheduler does the
+field arithmetic on wall-clock time (the same fields evaluated in UTC, where it is exact) and
+``next_fire_time`` maps wall times to instants with the rules above.
 
 Fire times are absolute instants (aware datetimes); the scheduler keys its exactly-once record
 on their epoch seconds, which are the same on every replica whatever its local time zone.
@@ -34,7 +41,7 @@ on their epoch seconds, which are the same on every replica whatever its local t
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.triggers.cron import CronTrigger
@@ -51,6 +58,7 @@ _CRON_DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 _APS_DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # APScheduler 3.x order
 _DOW_TOKEN = re.compile(r"^(?P<first>\w+)(?:-(?P<last>\w+))?(?:/(?P<step>\d+))?$")
 _MICROSECOND = timedelta(microseconds=1)
+_NEAR = timedelta(hours=3)  # wider than any DST shift
 
 
 def _fail(expr: str, field: str, value: str, why: str) -> InvalidInput:
@@ -169,13 +177,108 @@ def parse_schedule(expr: str, timezone: str = "UTC") -> CronTrigger:
     return trigger
 
 
+def _wall_twin(trigger: CronTrigger) -> CronTrigger:
+    """The same fields evaluated in UTC: its fire times, made naive, are the schedule's wall times.
+
+    Wall-clock arithmetic in a zone without DST is exact; the DST rules are applied afterwards.
+    """
+    twin: CronTrigger = CronTrigger.__new__(CronTrigger)
+    twin.__setstate__(
+        {"version": 2, "timezone": UTC, "start_date": None, "end_date": None, "fields": trigger.fields}
+    )
+    return twin
+
+
+def _next_wall(twin: CronTrigger, wall: datetime) -> datetime | None:
+    """The first wall time of the schedule strictly after the naive wall time ``wall``."""
+    nxt = twin.get_next_fire_time(None, wall.replace(tzinfo=UTC) + _MICROSECOND)
+    return None if nxt is None else nxt.replace(tzinfo=None)
+
+
+def _offset(tz: tzinfo, instant: datetime) -> timedelta:
+    return instant.astimezone(tz).utcoffset() or timedelta(0)
+
+
+def _transition(tz: tzinfo, lo: datetime, hi: datetime) -> datetime:
+    """The first UTC instant in ``(lo, hi]`` with the offset of ``hi`` (offsets at lo and hi differ)."""
+    target = _offset(tz, hi)
+    lo_s, hi_s = int(lo.timestamp()), int(hi.timestamp())
+    while hi_s - lo_s > 1:
+        mid = (lo_s + hi_s) // 2
+        if _offset(tz, datetime.fromtimestamp(mid, UTC)) == target:
+            hi_s = mid
+        else:
+            lo_s = mid
+    return datetime.fromtimestamp(hi_s, UTC)
+
+
+def _fall_back_near(tz: tzinfo, t: datetime) -> tuple[datetime, timedelta, timedelta] | None:
+    """A fall-back change within 3 h of ``t``: (instant, offset before, offset after), or None."""
+    lo, hi = t - _NEAR, t + _NEAR
+    before, after = _offset(tz, lo), _offset(tz, hi)
+    if before <= after:
+        return None
+    return _transition(tz, lo, hi), before, after
+
+
+def _primary_instant(tz: tzinfo, wall: datetime) -> datetime:
+    """When a wall time fires: itself; its first occurrence if repeated; the clock jump if skipped."""
+    first = wall.replace(tzinfo=tz, fold=0)
+    second = wall.replace(tzinfo=tz, fold=1)
+    off0, off1 = first.utcoffset(), second.utcoffset()
+    if off0 is not None and off1 is not None and off0 < off1:
+        # In the spring-forward gap: fold=0 reads it with the old offset (later), fold=1 with the
+        # new one (earlier); the clock jumps between the two.
+        return _transition(tz, second.astimezone(UTC), first.astimezone(UTC))
+    return first.astimezone(UTC)
+
+
+def _hourly(trigger: CronTrigger) -> bool:
+    """Whether the hour field is ``*``: such schedules follow the real clock through a repeated hour."""
+    return str(trigger.fields[CronTrigger.FIELD_NAMES.index("hour")]) == "*"
+
+
 def next_fire_time(trigger: CronTrigger, after: datetime) -> datetime | None:
-    """The first fire time strictly after ``after`` (an aware datetime), in the trigger's zone."""
-    return trigger.get_next_fire_time(None, after + _MICROSECOND)
+    """The first fire time strictly after ``after``, in the trigger's zone, with the DST rules above.
+
+    Deterministic: the set of fire times is a function of the schedule alone, whatever ``after`` is,
+    so every replica computes the same instants (the exactly-once record is keyed on them).
+    """
+    tz = trigger.timezone
+    twin = _wall_twin(trigger)
+    t = (after if after.tzinfo else after.replace(tzinfo=UTC)).astimezone(UTC)
+    local = t.astimezone(tz)
+    wall_from = local.replace(tzinfo=None, fold=0)
+    near = _fall_back_near(tz, t) if (local.fold == 1 or _hourly(trigger)) else None
+    if local.fold == 1 and near is not None:
+        # In the repeated hour: wall times up to its end already fired in their first occurrence.
+        change, before, after_off = near
+        wall_from = max(
+            wall_from, (change + after_off + (before - after_off)).replace(tzinfo=None) - _MICROSECOND
+        )
+    best: datetime | None = None
+    wall = _next_wall(twin, wall_from)
+    if wall is not None:
+        best = _primary_instant(tz, wall)
+    if near is not None and _hourly(trigger):
+        # Hourly schedules also fire in the second occurrence of the repeated hour.
+        change, before, after_off = near
+        start, end = (change + after_off).replace(tzinfo=None), (change + before).replace(tzinfo=None)
+        low = max(start - _MICROSECOND, (t + after_off).replace(tzinfo=None))
+        second = _next_wall(twin, low)
+        if second is not None and second < end:
+            instant = (second - after_off).replace(tzinfo=UTC)
+            if instant > t and (best is None or instant < best):
+                best = instant
+    return None if best is None else best.astimezone(tz)
 
 
 def next_fire_times(trigger: CronTrigger, after: datetime, n: int) -> list[datetime]:
-    """The next ``n`` fire times strictly after ``after`` (aware datetimes in the trigger's zone)."""
+    """The next ``n`` fire times strictly after ``after`` (aware datetimes in the trigger's zone).
+
+    Compare or sort them in UTC: Python compares two datetimes of the same zone by wall time and
+    ignores ``fold``, so 02:30 CEST and 02:30 CET would look equal.
+    """
     out: list[datetime] = []
     current = after
     for _ in range(n):
@@ -185,6 +288,22 @@ def next_fire_times(trigger: CronTrigger, after: datetime, n: int) -> list[datet
         out.append(nxt)
         current = nxt
     return out
+
+
+def fire_times_between(trigger: CronTrigger, start: datetime, end: datetime, limit: int) -> list[datetime]:
+    """Fire times in ``(start, end]`` as UTC datetimes, oldest first, at most ``limit`` (the newest kept)."""
+    out: list[datetime] = []
+    current = start
+    # Compared in UTC: two datetimes of one zone compare by wall time, ignoring fold.
+    end_utc = end.astimezone(UTC)
+    while True:
+        nxt = next_fire_time(trigger, current)
+        if nxt is None or nxt.astimezone(UTC) > end_utc:
+            return out
+        out.append(nxt.astimezone(UTC))
+        if len(out) > limit:
+            del out[0]
+        current = nxt
 
 
 def describe(expr: str, timezone: str | None = None) -> str:
