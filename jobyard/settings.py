@@ -73,6 +73,7 @@ class Settings(BaseSettings):
     # Port of /metrics, /healthz and /readyz for workers and schedulers (the API serves them on its
     # own port). None: the role default (worker 9101, scheduler 9102); 0: disabled.
     metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"  # deployments set 0.0.0.0 so Prometheus can reach it
     log_format: str = "text"
     log_level: str = "INFO"
 
