@@ -15,9 +15,7 @@ from typing import Any
 from ulid import ULID
 
 JOB_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-JOB_NAME_RULE = (
-    "a job name is 1-64 characters: letters, digits, '_' and '-', starting with a letter or digit"
-)
+JOB_NAME_RULE = "a job name is 1-64 characters: letters, digits, '_' and '-', starting with a letter or digit"
 
 
 class RunStatus(StrEnum):
@@ -98,7 +96,14 @@ _FLOAT_FIELDS = {
     "dead_lettered_at",
 }
 _INT_FIELDS = {"attempt", "max_retries", "exit_code", "deaths", "failures", "worker_pid", "cancel_requested"}
-_TIME_FIELDS = {"enqueued_at", "started_at", "ended_at", "scheduled_for", "next_attempt_at", "dead_lettered_at"}
+_TIME_FIELDS = {
+    "enqueued_at",
+    "started_at",
+    "ended_at",
+    "scheduled_for",
+    "next_attempt_at",
+    "dead_lettered_at",
+}
 
 
 @dataclass

@@ -142,7 +142,9 @@ def parse_create(result: list[bytes], run: Run) -> Created:
     return Created(outcome, ref)
 
 
-def prepare_cancel(keys: Keys, run_id: str, job: str, now: float | None = None) -> tuple[list[str], list[Any]]:
+def prepare_cancel(
+    keys: Keys, run_id: str, job: str, now: float | None = None
+) -> tuple[list[str], list[Any]]:
     """Keys and arguments for ``cancel_run.lua``."""
     now = time.time() if now is None else now
     return [keys.run(run_id), keys.job_active(job), keys.cancel_channel], [now, TERMINAL_LUA]
@@ -166,7 +168,13 @@ def prepare_finish(
         if value is None:
             continue
         flat += [name, json.dumps(value) if name == "result" else value]
-    script_keys = [keys.run(run_id), keys.run_lease(run_id), keys.job_runs(job), keys.job_active(job), keys.dead_letters]
+    script_keys = [
+        keys.run(run_id),
+        keys.run_lease(run_id),
+        keys.job_runs(job),
+        keys.job_active(job),
+        keys.dead_letters,
+    ]
     args = [
         "" if attempt is None else attempt,
         time.time(),
@@ -230,7 +238,9 @@ class RunStore:
         """The run record, or ``NotFound``."""
         data = self.r.hgetall(self.keys.run(run_id))
         if not data:
-            raise NotFound(f"run {run_id!r} does not exist", "it may have been trimmed from the job's history")
+            raise NotFound(
+                f"run {run_id!r} does not exist", "it may have been trimmed from the job's history"
+            )
         return Run.from_hash(data)
 
     def list_for_job(self, job: str, limit: int = 50, before: str | None = None) -> list[Run]:
@@ -267,8 +277,15 @@ class RunStore:
         one, or ``("terminal", status)`` when the run had already ended.
         """
         keys, args = prepare_finish(
-            self.keys, self.settings, run_id, job, status, mode=mode, attempt=attempt,
-            history_size=history_size, fields=fields,
+            self.keys,
+            self.settings,
+            run_id,
+            job,
+            status,
+            mode=mode,
+            attempt=attempt,
+            history_size=history_size,
+            fields=fields,
         )
         return parse_finish(self.scripts.finish_run(keys=keys, args=args))
 
@@ -282,4 +299,6 @@ class RunStore:
     def read_log(self, run_id: str, after: str = "-", count: int = 10_000) -> list[dict[str, Any]]:
         """Log entries after entry id ``after`` (exclusive unless ``-``)."""
         start = after if after == "-" else f"({after}"
-        return [decode_log_entry(i, d) for i, d in self.r.xrange(self.keys.run_log(run_id), start, "+", count)]
+        return [
+            decode_log_entry(i, d) for i, d in self.r.xrange(self.keys.run_log(run_id), start, "+", count)
+        ]

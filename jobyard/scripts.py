@@ -6,7 +6,15 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-SCRIPT_NAMES = ("create_run", "push_message", "fetch", "claim_run", "finish_run", "cancel_run", "renew_leases")
+SCRIPT_NAMES = (
+    "create_run",
+    "push_message",
+    "fetch",
+    "claim_run",
+    "finish_run",
+    "cancel_run",
+    "renew_leases",
+)
 
 
 @cache

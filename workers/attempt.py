@@ -39,7 +39,9 @@ class JobRunSettings:
     retry_max_s: float
 
     @classmethod
-    def of(cls, job: Job, run: Run, default_stopping_wait_s: float, default_max_output_mb: float) -> JobRunSettings:
+    def of(
+        cls, job: Job, run: Run, default_stopping_wait_s: float, default_max_output_mb: float
+    ) -> JobRunSettings:
         """Read them from the job's (deploy-time validated) settings."""
         js = job.settings
         backoff = js.get("retry_backoff") or {}
@@ -72,7 +74,12 @@ class AttemptResult:
 
     def fields(self) -> dict[str, Any]:
         """Run fields to record."""
-        return {"exit_code": self.exit_code, "error": self.error, "result": self.result, "package": self.package}
+        return {
+            "exit_code": self.exit_code,
+            "error": self.error,
+            "result": self.result,
+            "package": self.package,
+        }
 
 
 def describe_exit(code: int | None) -> str:
@@ -115,7 +122,9 @@ def run_attempt(ctx: WorkerContext, run: Run, job: Job) -> AttemptResult:
         except (JobyardError, OSError) as exc:
             message = getattr(exc, "message", None) or str(exc)
             runlog.add(LOG_SYS, f"attempt {run.attempt} could not start: {message}")
-            return AttemptResult(RunStatus.FAILED, js, runlog.take_pending(), error=message, package=job.package)
+            return AttemptResult(
+                RunStatus.FAILED, js, runlog.take_pending(), error=message, package=job.package
+            )
         env = build_env(s, job, run, paths, job_env=js.env)
         runner = ScriptRunner(
             argv,
@@ -141,7 +150,9 @@ def run_attempt(ctx: WorkerContext, run: Run, job: Job) -> AttemptResult:
         except OSError as exc:
             message = f"could not start {argv[0]}: {exc.strerror or exc}"
             runlog.add(LOG_SYS, message)
-            return AttemptResult(RunStatus.FAILED, js, runlog.take_pending(), error=message, package=job.package)
+            return AttemptResult(
+                RunStatus.FAILED, js, runlog.take_pending(), error=message, package=job.package
+            )
         ctx.track_process(run.id, pid)
         ctx.hooks.emit("after_start", run, job, pid)
         try:
@@ -156,7 +167,9 @@ def run_attempt(ctx: WorkerContext, run: Run, job: Job) -> AttemptResult:
         ctx.remove_tree(paths.attempt_dir)
 
 
-def _judge(run: Run, js: JobRunSettings, runlog: RunLog, outcome: AttemptOutcome, package: str) -> AttemptResult:
+def _judge(
+    run: Run, js: JobRunSettings, runlog: RunLog, outcome: AttemptOutcome, package: str
+) -> AttemptResult:
     """Turn the process outcome into a run status and an error text."""
     code = outcome.exit_code
     reason = outcome.stop_reason

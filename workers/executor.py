@@ -29,7 +29,6 @@ from dramatiq.broker import MessageProxy
 
 from jobyard.models import TERMINAL_LUA, Job, Run, RunStatus
 from jobyard.queue import Fetched
-from jobyard.redis_conn import CONNECTION_ERRORS
 from jobyard.runs import LOG_SYS, parse_finish, prepare_finish
 from workers.attempt import AttemptResult, run_attempt
 
@@ -39,7 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class RunFailed(Exception):  # noqa: N818 - dramatiq's "throws" names an outcome, not an error
+class RunFailed(Exception):
     """The run failed for good: dramatiq fails the message (no retry)."""
 
 
@@ -54,7 +53,7 @@ class Claim:
 
 
 def backoff_s(failures: int, min_s: float, max_s: float) -> float:
-    """Delay before retry number ``failures``: exponential from ``min_s``, full jitter, capped at ``max_s``."""
+    """Delay before retry ``failures``: exponential from ``min_s``, full jitter, capped at ``max_s``."""
     cap = min(max_s, min_s * (2 ** max(0, failures - 1)))
     return random.uniform(min_s, max(min_s, cap))
 
@@ -83,7 +82,11 @@ class Executor:
             proxy.stuff_exception(exc)
             if not isinstance(exc, dramatiq.Retry | RunFailed):
                 log.exception("unexpected failure processing message %s", fetched.redis_id)
-            ctx.retrying(lambda: ctx.broker.emit_after("process_message", proxy, exception=exc), "re-enqueue")
+            # Called directly, not through broker.emit_after, which swallows errors: a re-enqueue
+            # lost to a Redis outage would leave the run "retrying" forever.
+            ctx.retrying(
+                lambda e=exc: ctx.retries.after_process_message(ctx.broker, proxy, exception=e), "re-enqueue"
+            )
         finally:
             if proxy.failed:
                 ctx.retrying(lambda: ctx.broker.nack_message(fetched), "nack")
@@ -112,11 +115,15 @@ class Executor:
             self._finish_without_running(run_id, RunStatus.CANCELLED, "cancelled before it started")
             return "ack"
         if claim.outcome == "nojob":
-            self._finish_without_running(run_id, RunStatus.FAILED, "the job was deleted before the run started")
+            self._finish_without_running(
+                run_id, RunStatus.FAILED, "the job was deleted before the run started"
+            )
             return "ack"
         if claim.outcome == "dead":
             run = ctx.store.get(run_id)
-            reason = f"the worker running it died {claim.detail} times; dead-lettered so it cannot loop forever"
+            reason = (
+                f"the worker running it died {claim.detail} times; dead-lettered so it cannot loop forever"
+            )
             self._record(run, None, RunStatus.FAILED, "deadletter", error=reason)
             raise RunFailed(reason)
         assert claim.run is not None and claim.job is not None
@@ -162,14 +169,35 @@ class Executor:
         js = result.job_settings
         if failures <= run.max_retries:
             delay = backoff_s(failures, js.retry_min_s, js.retry_max_s)
-            lines = [*result.lines, (time.time(), LOG_SYS, f"attempt {run.attempt} {result.status.value}; "
-                                                              f"retry {failures} of {run.max_retries} in {delay:.1f} s")]
-            self._record(run, job, RunStatus.RETRYING, "retry", lines=lines, failures=failures,
-                         next_attempt_at=time.time() + delay, **result.fields())
+            lines = [
+                *result.lines,
+                (
+                    time.time(),
+                    LOG_SYS,
+                    f"attempt {run.attempt} {result.status.value}; "
+                    f"retry {failures} of {run.max_retries} in {delay:.1f} s",
+                ),
+            ]
+            self._record(
+                run,
+                job,
+                RunStatus.RETRYING,
+                "retry",
+                lines=lines,
+                failures=failures,
+                next_attempt_at=time.time() + delay,
+                **result.fields(),
+            )
             ctx.hooks.emit("after_retry", run, job, delay)
             raise dramatiq.Retry(delay=int(delay * 1000))
-        lines = [*result.lines, (time.time(), LOG_SYS, f"attempt {run.attempt} {result.status.value}; "
-                                                          "no retries left: dead-lettered")]
+        lines = [
+            *result.lines,
+            (
+                time.time(),
+                LOG_SYS,
+                f"attempt {run.attempt} {result.status.value}; no retries left: dead-lettered",
+            ),
+        ]
         self._record(run, job, result.status, "deadletter", lines=lines, failures=failures, **result.fields())
         raise RunFailed(result.error or result.status.value)
 
@@ -199,19 +227,27 @@ class Executor:
             if lines:
                 ctx.store.append_log(pipe, run.id, lines)
             keys, args = prepare_finish(
-                ctx.keys, ctx.settings, run.id, run.job, status, mode=mode,
-                attempt=run.attempt if run.attempt else None, history_size=history, fields=fields,
+                ctx.keys,
+                ctx.settings,
+                run.id,
+                run.job,
+                status,
+                mode=mode,
+                attempt=run.attempt if run.attempt else None,
+                history_size=history,
+                fields=fields,
             )
             ctx.store.scripts.finish_run(keys=keys, args=args, client=pipe)
             return parse_finish(pipe.execute()[-1])
 
         outcome, detail = ctx.retrying(write, "record the run's outcome")
         if outcome != "ok":
-            log.info("run %s: outcome not recorded (%s %s)", run.id, outcome, detail, extra={"run_id": run.id})
+            log.info(
+                "run %s: outcome not recorded (%s %s)", run.id, outcome, detail, extra={"run_id": run.id}
+            )
             return
         if status.terminal and job is not None:
             final = ctx.retrying(lambda: ctx.store.get(run.id), "read the run")
             ctx.hooks.emit("after_finish", final, job)
             if mode == "deadletter":
                 ctx.hooks.emit("after_dead_letter", final, job)
-

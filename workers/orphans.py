@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 def _worker_alive(pid: int, recorded_at: float) -> bool:
     try:
         proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
     except psutil.NoSuchProcess:
         return False
     # A reused pid belongs to a process created after the record was written.

@@ -116,4 +116,8 @@ class RunLog:
 
     def summary(self) -> dict[str, Any]:
         """Counters for the end-of-run line."""
-        return {"stored_bytes": self.stored_bytes, "dropped_bytes": self.dropped_bytes, "truncated": self.truncated}
+        return {
+            "stored_bytes": self.stored_bytes,
+            "dropped_bytes": self.dropped_bytes,
+            "truncated": self.truncated,
+        }

@@ -23,7 +23,7 @@ class HostPackages:
 
     def __init__(self, settings: Settings, client: redis.Redis, keys: Keys) -> None:
         self.store = PackageStore(client, keys)
-        self.cache = PackageCache(settings.data_dir / "packages", self.store)
+        self.cache = PackageCache(settings.data_dir / "packages", self.store, settings)
         self.interpreters = Interpreters.detect(settings)
         self._entries: dict[tuple[str, str | None], str] = {}
         self._lock = threading.Lock()

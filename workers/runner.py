@@ -189,10 +189,10 @@ class ScriptRunner:
                     if not term_sent and (self.control.hard or now - stop_sent_at >= term_delay_s):
                         term_sent = True
                         kill_group(proc.pid, signal.SIGTERM)
-                    if self.control.hard or now - stop_sent_at >= self.stopping_wait_s:
-                        if not killed:
-                            killed = kill_group(proc.pid) or killed
-                            self.log.add(LOG_SYS, "killed the process group after the stopping wait")
+                    overdue = self.control.hard or now - stop_sent_at >= self.stopping_wait_s
+                    if overdue and not killed:
+                        killed = kill_group(proc.pid)
+                        self.log.add(LOG_SYS, "killed the process group after the stopping wait")
         finally:
             sel.close()
             proc.stdout.close()

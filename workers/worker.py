@@ -48,6 +48,7 @@ from workers.runner import StopControl, StopReason
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+ORPHAN_CHECK_EVERY = 5  # heartbeats
 
 
 class Worker:
@@ -61,12 +62,13 @@ class Worker:
         # BLPOP blocks up to idle_wait_seconds; give that connection room beyond it.
         self.block_client = connect(settings, socket_timeout=settings.idle_wait_seconds + 10)
         wait_for_redis(self.client, settings)
+        self.retries = Retries(max_retries=DRAMATIQ_MAX_RETRIES, min_backoff=1000, max_backoff=3_600_000)
         self.broker = JobyardBroker(
             self.client,
             self.keys,
             heartbeat_timeout_s=settings.heartbeat_timeout_seconds,
             dead_letter_ttl_s=settings.dead_letter_ttl_seconds,
-            middleware=[Retries(max_retries=DRAMATIQ_MAX_RETRIES, min_backoff=1000, max_backoff=3_600_000)],
+            middleware=[self.retries],
         )
         Actor(
             _never_called,
@@ -166,8 +168,11 @@ class Worker:
             t.start()
         self._beat()
         log.info(
-            "worker %s (%s, pid %d) consuming with %d slots", self.worker_id, self.settings.instance_id,
-            self.pid, self.concurrency,
+            "worker %s (%s, pid %d) consuming with %d slots",
+            self.worker_id,
+            self.settings.instance_id,
+            self.pid,
+            self.concurrency,
         )
         try:
             self._dispatch_loop()
@@ -248,7 +253,14 @@ class Worker:
 
     # -- heartbeat ----------------------------------------------------------------------------
     def _heartbeat_loop(self) -> None:
+        from workers.orphans import reap_orphans
+
+        beats = 0
         while not self._stopped.wait(self.settings.heartbeat_interval_seconds):
+            beats += 1
+            if beats % ORPHAN_CHECK_EVERY == 0:
+                # a worker on this host may have died since we started: its scripts are orphans now
+                reap_orphans(self.pid_dir)
             try:
                 self._beat()
             except CONNECTION_ERRORS as exc:

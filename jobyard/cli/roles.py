@@ -50,7 +50,7 @@ def api(host: str | None, port: int | None, check: bool) -> None:
 
 
 @click.command()
-@click.option("--concurrency", "-c", type=int, default=None, help="script slots (default JOBYARD_CONCURRENCY)")
+@click.option("--concurrency", "-c", type=int, default=None, help="script slots (JOBYARD_CONCURRENCY)")
 @click.option("--check", is_flag=True, help="check that Redis is reachable and exit")
 def worker(concurrency: int | None, check: bool) -> None:
     """Run scripts from the queues (any number of workers on any number of hosts)."""

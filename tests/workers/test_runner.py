@@ -15,15 +15,25 @@ from workers.output import RunLog
 from workers.runner import ScriptRunner, StopControl, StopReason, group_alive
 
 
-def make_runner(tmp_path: Path, script: str, *, timeout_s: float | None = None, wait_s: float = 2.0,
-                max_output: int = 10**8) -> tuple[ScriptRunner, list[tuple[float, str, str]], StopControl]:
+def make_runner(
+    tmp_path: Path,
+    script: str,
+    *,
+    timeout_s: float | None = None,
+    wait_s: float = 2.0,
+    max_output: int = 10**8,
+) -> tuple[ScriptRunner, list[tuple[float, str, str]], StopControl]:
     lines: list[tuple[float, str, str]] = []
     log = RunLog(lines.extend, max_output)
     control = StopControl()
     runner = ScriptRunner(
         ["bash", "-c", script],
         cwd=tmp_path,
-        env={"PATH": os.environ["PATH"], "SHUTDOWN": str(tmp_path / "shutdown"), "RESULT": str(tmp_path / "r.json")},
+        env={
+            "PATH": os.environ["PATH"],
+            "SHUTDOWN": str(tmp_path / "shutdown"),
+            "RESULT": str(tmp_path / "r.json"),
+        },
         log=log,
         shutdown_file=tmp_path / "shutdown",
         result_file=tmp_path / "r.json",
@@ -44,7 +54,9 @@ def finish(runner: ScriptRunner, lines: list[tuple[float, str, str]]):  # type: 
 
 
 def test_stdout_and_stderr_are_told_apart(tmp_path: Path) -> None:
-    runner, lines, _ = make_runner(tmp_path, 'echo out; echo err >&2; echo "{\\"n\\": 1}" > "$RESULT"; exit 3')
+    runner, lines, _ = make_runner(
+        tmp_path, 'echo out; echo err >&2; echo "{\\"n\\": 1}" > "$RESULT"; exit 3'
+    )
     runner.start()
     outcome = finish(runner, lines)
     assert outcome.exit_code == 3
@@ -76,8 +88,11 @@ def test_children_left_behind_are_killed_with_the_group(tmp_path: Path) -> None:
     outcome = finish(runner, lines)
     assert outcome.exit_code == 0
     wait_until(lambda: not group_alive(pid), timeout=5, what="the script's group to be gone")
-    assert not [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", "300"]
-                and os.getpgid(p.pid) == pid]
+    assert not [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if p.info["cmdline"] == ["sleep", "300"] and os.getpgid(p.pid) == pid
+    ]
 
 
 def test_timeout_kills_the_whole_group(tmp_path: Path) -> None:
@@ -104,8 +119,9 @@ def test_stop_writes_the_shutdown_file_and_a_polite_script_ends(tmp_path: Path) 
 
 
 def test_stop_kills_a_script_that_ignores_sigterm_after_the_wait(tmp_path: Path) -> None:
-    runner, lines, control = make_runner(tmp_path, "trap 'echo ignored' TERM; while :; do sleep 0.05; done",
-                                         wait_s=0.5)
+    runner, lines, control = make_runner(
+        tmp_path, "trap 'echo ignored' TERM; while :; do sleep 0.05; done", wait_s=0.5
+    )
     pid = runner.start()
     threading.Timer(0.3, control.request, args=(StopReason.CANCEL,)).start()
     started = time.monotonic()

@@ -1,0 +1,177 @@
+"""Guarantees that a worker keeps when things go wrong: retries, dead letters, cancel, stops, crashes."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+from pathlib import Path
+
+import psutil
+
+from jobyard.keys import Keys
+from jobyard.models import Priority
+from tests.helpers import wait_until
+from tests.workers.conftest import enqueue, log_lines, wait_status
+
+FAST_RECOVERY = {
+    "JOBYARD_HEARTBEAT_TIMEOUT_SECONDS": "3",
+    "JOBYARD_RUN_LEASE_TTL_SECONDS": "2",
+    "JOBYARD_HEARTBEAT_INTERVAL_SECONDS": "0.5",
+}
+
+
+def _procs_with(marker: str) -> list[psutil.Process]:
+    out = []
+    for p in psutil.process_iter(["cmdline", "status"]):
+        try:
+            if p.info["status"] != psutil.STATUS_ZOMBIE and marker in " ".join(p.info["cmdline"] or []):
+                out.append(p)
+        except psutil.Error:
+            pass
+    return out
+
+
+def test_retries_with_backoff_then_dead_letter(deploy, store, workers, r) -> None:  # type: ignore[no-untyped-def]
+    deploy(
+        "poison",
+        {"run.sh": 'echo "attempt $JOBYARD_ATTEMPT" >&2; exit 1\n'},
+        {"max_retries": 2, "retry_backoff": {"min": 0.2, "max": 0.4}},
+    )
+    workers(1)
+    run_id = enqueue(store, "poison")
+    run = wait_status(store, run_id, {"failed", "succeeded"}, timeout=30)
+    assert run.status.value == "failed"
+    assert run.attempt == 3 and run.failures == 3
+    k = Keys()
+    assert r.zscore(k.dead_letters, run_id) is not None
+    assert run.dead_lettered_at is not None
+    # dramatiq's own dead-letter queue got the message too (nack)
+    assert r.zcard(k.queue_xq("normal")) == 1
+    lines = log_lines(store, run_id)
+    assert [m for s, m in lines if s == "ERR"] == ["attempt 1", "attempt 2", "attempt 3"]
+    retry_notes = [m for s, m in lines if s == "SYS" and "retry" in m]
+    assert len(retry_notes) == 2
+    # the backoff was respected: each attempt started at least min backoff after the previous end
+    starts = [
+        e["t"]
+        for e in store.read_log(run_id)
+        if e["stream"] == "SYS" and e["line"].startswith("attempt ") and " on " in e["line"]
+    ]
+    assert len(starts) == 3
+    assert all(b - a >= 0.2 for a, b in itertools.pairwise(starts))
+
+
+def test_a_run_may_opt_out_of_retries(deploy, store, workers) -> None:  # type: ignore[no-untyped-def]
+    deploy("flaky", {"run.sh": "exit 1\n"}, {"max_retries": 5, "retry_backoff": {"min": 0.1, "max": 0.1}})
+    workers(1)
+    run = wait_status(store, enqueue(store, "flaky", max_retries=0), {"failed"})
+    assert run.attempt == 1
+
+
+def test_cancel_a_queued_a_running_and_a_stubborn_run(deploy, store, workers) -> None:  # type: ignore[no-untyped-def]
+    deploy("sleepy", {"run.sh": "sleep 300 # cancel-me-sleepy\n"})
+    deploy(
+        "stubborn",
+        {"run.sh": "trap 'echo no' TERM\nwhile :; do sleep 0.1; done # cancel-me-stubborn\n"},
+        {"stopping_wait_time": 1},
+    )
+    workers(2)
+    running = enqueue(store, "sleepy")
+    stubborn = enqueue(store, "stubborn")
+    queued = enqueue(store, "sleepy")
+    wait_status(store, running, {"running"})
+    wait_status(store, stubborn, {"running"})
+    # when
+    for rid in (queued, running, stubborn):
+        assert store.cancel(store.get(rid)) in ("cancelled", "signalled")
+    # then
+    for rid in (queued, running, stubborn):
+        assert (
+            wait_status(store, rid, {"cancelled", "failed", "succeeded"}, timeout=15).status.value
+            == "cancelled"
+        )
+    assert store.get(queued).attempt == 0  # never started
+    wait_until(lambda: not _procs_with("cancel-me-"), timeout=10, what="no script process left")
+
+
+def test_graceful_stop_lets_a_polite_script_finish_and_requeues_a_stubborn_one(
+    deploy, store, workers
+) -> None:  # type: ignore[no-untyped-def]
+    polite = (
+        'for i in $(seq 600); do [ -f "$JOBYARD_SHUTDOWN_FILE" ] && { echo "stopping cleanly"; exit 0; }; '
+        "sleep 0.05; done\n"
+    )
+    deploy("polite", {"run.sh": polite}, {"stopping_wait_time": 5})
+    deploy(
+        "deaf",
+        {
+            "run.sh": "trap '' TERM\n[ \"$JOBYARD_ATTEMPT\" = 1 ] && while :; do sleep 0.1; done\n"
+            "echo second attempt\n"
+        },
+        {"stopping_wait_time": 1},
+    )
+    first = workers(2, instance="first")
+    p = enqueue(store, "polite")
+    d = enqueue(store, "deaf")
+    wait_status(store, p, {"running"})
+    wait_status(store, d, {"running"})
+    # when: the worker is asked to stop
+    first.signal(signal.SIGTERM)
+    wait_until(lambda: not first.alive(), timeout=20, what="the worker to stop")
+    assert first.proc.returncode == 0
+    # then: the polite one ended by itself, the deaf one went back on the queue
+    assert store.get(p).status.value == "succeeded"
+    assert ("INFO", "stopping cleanly") in log_lines(store, p)
+    back = store.get(d)
+    assert back.status.value == "queued" and back.failures == 0
+    # and another worker finishes it as the next attempt
+    workers(1, instance="second")
+    done = wait_status(store, d, {"succeeded", "failed"})
+    assert done.status.value == "succeeded" and done.attempt == 2 and done.worker == "second"
+
+
+def test_sigkilled_worker_run_is_recovered_and_its_script_reaped(
+    deploy, store, workers, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    marker = tmp_path / "executions"
+    script = (
+        f'echo "$JOBYARD_ATTEMPT" >> {marker}\n'
+        '[ "$JOBYARD_ATTEMPT" = 1 ] && sleep 300 # orphan-marker\nexit 0\n'
+    )
+    deploy("crashy", {"run.sh": script})
+    doomed = workers(1, instance="doomed", **FAST_RECOVERY)
+    run_id = enqueue(store, "crashy")
+    wait_status(store, run_id, {"running"})
+    wait_until(lambda: _procs_with("sleep 300"), timeout=10, what="the script to start")
+    # when: its worker is killed outright
+    os.kill(doomed.pid, signal.SIGKILL)
+    workers(1, instance="rescuer", **FAST_RECOVERY)
+    # then: another worker runs it again as attempt 2, within the bound
+    run = wait_status(store, run_id, {"succeeded", "failed"}, timeout=30)
+    assert run.status.value == "succeeded"
+    assert run.attempt == 2 and run.deaths == 1 and run.worker == "rescuer"
+    assert marker.read_text().split() == ["1", "2"]
+    # and the orphaned script of the dead worker was killed by the worker on the same host
+    wait_until(lambda: not _procs_with("sleep 300"), timeout=15, what="the orphaned script to be killed")
+
+
+def test_strict_priority_high_then_normal_then_low(deploy, store, workers, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    order = tmp_path / "order"
+    deploy("blocker", {"run.sh": 'while [ ! -f "$1" ]; do sleep 0.02; done\n'})
+    deploy("mark", {"run.sh": f'echo "$1" >> {order}\n'})
+    workers(1)
+    gate = tmp_path / "gate"
+    blocker = enqueue(store, "blocker", str(gate))
+    wait_status(store, blocker, {"running"})
+    # given: the only slot is busy and all three levels have waiting runs, low first
+    ids = [enqueue(store, "mark", f"low{i}", priority=Priority.LOW) for i in range(30)]
+    ids += [enqueue(store, "mark", f"normal{i}", priority=Priority.NORMAL) for i in range(5)]
+    ids.append(enqueue(store, "mark", "high", priority=Priority.HIGH))
+    # when the slot frees
+    gate.touch()
+    wait_status(store, ids[-1], {"succeeded"})
+    for rid in ids:
+        wait_status(store, rid, {"succeeded"})
+    got = order.read_text().split()
+    assert got == ["high"] + [f"normal{i}" for i in range(5)] + [f"low{i}" for i in range(30)]
