@@ -36,10 +36,14 @@ Cluster:
 - ``P:workers``                zset worker process id -> last seen ms
 - ``P:worker:<id>``            hash: instance_id, host, pid, slots, busy, started_at
 - ``P:tokens``                 hash sha256(token) -> token record JSON
-- ``P:leader``                 string: scheduler leader lease (value: "<instance>|<term>")
+- ``P:leader``                 string: scheduler leader lease, value "<instance>:<pid>" (jobyard/lease.py)
 - ``P:leader:term``            counter: fencing token, raised on every new term
-- ``P:leader:info``            hash: instance, term, since
+- ``P:leader:info``            hash: instance, holder, term, since
 - ``P:fire:<job>:<fire ts>``   string: exactly-once record of one scheduled fire
+- ``P:job:<name>:last_fire``   string: epoch seconds of the newest scheduled fire time the leader handled
+                               (fired, skipped or found already fired): where a new leader's catch-up starts
+- ``P:job:<name>:fire_stats``  hash: scheduler counters per job (fired, duplicate, skipped_overlap,
+                               skipped_missed, fenced)
 - ``P:events``                 pub/sub channel: job deployed / changed / deleted
 """
 
@@ -152,6 +156,12 @@ class Keys:
     @property
     def leader_info(self) -> str:
         return f"{self.prefix}:leader:info"
+
+    def job_last_fire(self, name: str) -> str:
+        return f"{self.prefix}:job:{name}:last_fire"
+
+    def job_fire_stats(self, name: str) -> str:
+        return f"{self.prefix}:job:{name}:fire_stats"
 
     def fire(self, job: str, fire_ts: float) -> str:
         return f"{self.prefix}:fire:{job}:{fire_ts:.3f}"
