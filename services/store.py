@@ -7,15 +7,16 @@ reads the API needs.
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
 import redis.asyncio as aioredis
 from ulid import ULID
 
-from jobyard.errors import NotFound
+from jobyard.errors import InvalidInput, NotFound
 from jobyard.keys import Keys
-from jobyard.models import Job, Run
+from jobyard.models import JOB_NAME_RE, JOB_NAME_RULE, Job, Run
 from jobyard.runs import (
     Created,
     EnqueueSpec,
@@ -27,6 +28,23 @@ from jobyard.runs import (
 )
 from jobyard.scripts import Scripts
 from jobyard.settings import Settings
+
+# Ids go into key names: nothing that could reach another key (no ':').
+RUN_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def check_job_name(name: str) -> str:
+    """``name`` if it is a valid job name, else ``InvalidInput`` stating the rule."""
+    if not JOB_NAME_RE.match(name):
+        raise InvalidInput(f"invalid job name {name!r}", JOB_NAME_RULE)
+    return name
+
+
+def check_run_id(run_id: str) -> str:
+    """``run_id`` if it could be a run id (no key separators), else ``NotFound``."""
+    if not RUN_ID_RE.match(run_id):
+        raise run_not_found(run_id)
+    return run_id
 
 
 def job_not_found(name: str) -> NotFound:
@@ -59,8 +77,8 @@ class AsyncRunStore:
 
     # -- jobs --------------------------------------------------------------------------------
     async def get_job(self, name: str) -> Job:
-        """The job record, or ``NotFound``."""
-        data = await self.r.hgetall(self.keys.job(name))
+        """The job record, or ``NotFound`` (``InvalidInput`` for a name that breaks the rule)."""
+        data = await self.r.hgetall(self.keys.job(check_job_name(name)))
         if not data:
             raise job_not_found(name)
         return Job.from_hash(data)
@@ -93,7 +111,7 @@ class AsyncRunStore:
 
     async def get(self, run_id: str) -> Run:
         """The run record, or ``NotFound``."""
-        data = await self.r.hgetall(self.keys.run(run_id))
+        data = await self.r.hgetall(self.keys.run(check_run_id(run_id)))
         if not data:
             raise run_not_found(run_id)
         return Run.from_hash(data)

@@ -1,0 +1,390 @@
+"""Runs: enqueue one or a batch, read them, cancel and retry them.
+
+Enqueue is the hot path: one round trip for the job record, one script call that writes the run
+and queues its message atomically (idempotency included), no re-read of what was written.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, Depends, Header, Query
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from jobyard.errors import Conflict, InvalidInput
+from jobyard.metrics import observe_enqueued
+from jobyard.models import JOB_NAME_RE, JOB_NAME_RULE, Job, JobType, Priority, Run, Trigger, parse_iso
+from jobyard.runs import Created, EnqueueSpec
+from services.deps import Ctx, Principal, current_ctx, require_operator, require_viewer
+from services.errors import CONFLICT, ERRORS, NOT_FOUND
+from services.store import check_job_name, job_not_found, run_not_found
+
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+MAX_ARGUMENTS = 1000
+MAX_ARGUMENT_BYTES = 128 * 1024
+MAX_ENV_NAMES = 200
+MAX_ENV_VALUE_BYTES = 32 * 1024
+MAX_DELAY_S = 366 * 86400.0
+MAX_BATCH = 1000
+
+
+class RunRequest(BaseModel):
+    """What to run: the body of ``POST /api/jobs/{name}/runs`` (all fields optional)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    arguments: list[str] | str | None = Field(
+        None,
+        description="argv for the script; a string is split like a shell would (shlex), never run by one",
+    )
+    priority: Priority | None = Field(None, description="queue level; default the job's settings or normal")
+    idempotency_key: str | None = Field(
+        None, min_length=1, max_length=256, description="same key, same job, within the TTL: the first run"
+    )
+    run_at: str | None = Field(None, description="ISO 8601 time to start at (UTC when no offset)")
+    delay_s: float | None = Field(None, ge=0, le=MAX_DELAY_S, description="start after this many seconds")
+    timeout_s: float | None = Field(None, gt=0, description="kill the run after this many seconds")
+    env: dict[str, str] = Field(default_factory=dict, description="extra environment variables")
+    callback_url: str | None = Field(
+        None, max_length=2048, description="http(s) URL POSTed the run when it ends"
+    )
+    max_retries: int | None = Field(None, ge=0, le=100, description="failed attempts to retry")
+
+    @field_validator("arguments")
+    @classmethod
+    def _arguments(cls, value: list[str] | str | None) -> list[str] | str | None:
+        if isinstance(value, str):
+            try:
+                value = shlex.split(value)
+            except ValueError as exc:
+                raise ValueError(f"cannot split the argument string: {exc} (check its quotes)") from exc
+        if value is not None:
+            if len(value) > MAX_ARGUMENTS:
+                raise ValueError(f"{len(value)} arguments; at most {MAX_ARGUMENTS}")
+            if sum(len(a.encode()) for a in value) > MAX_ARGUMENT_BYTES:
+                raise ValueError(f"arguments add up to more than {MAX_ARGUMENT_BYTES} bytes")
+            if any("\x00" in a for a in value):
+                raise ValueError("an argument contains a NUL character")
+        return value
+
+    @field_validator("run_at")
+    @classmethod
+    def _run_at(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_iso(value)
+            except ValueError as exc:
+                raise ValueError(f"{value!r} is not an ISO 8601 time, e.g. 2030-01-31T12:00:00Z") from exc
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > MAX_ENV_NAMES:
+            raise ValueError(f"{len(value)} variables; at most {MAX_ENV_NAMES}")
+        for name, text in value.items():
+            if not ENV_NAME_RE.match(name):
+                raise ValueError(f"{name!r} is not a variable name (letters, digits, '_'; not a digit first)")
+            if len(text.encode()) > MAX_ENV_VALUE_BYTES or "\x00" in text:
+                raise ValueError(f"the value of {name} is over {MAX_ENV_VALUE_BYTES} bytes or contains NUL")
+        return value
+
+    @field_validator("callback_url")
+    @classmethod
+    def _callback_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("must be an absolute http:// or https:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _one_time(self) -> RunRequest:
+        if self.run_at is not None and self.delay_s is not None:
+            raise ValueError("give run_at or delay_s, not both")
+        return self
+
+    def to_spec(self, job: str, header_key: str | None = None, now: float | None = None) -> EnqueueSpec:
+        """The enqueue spec for ``job`` (``header_key``: the Idempotency-Key header)."""
+        key = self.idempotency_key
+        if header_key is not None:
+            if key is not None and key != header_key:
+                raise InvalidInput(
+                    "idempotency_key and the Idempotency-Key header differ",
+                    "send the key once, in either place",
+                )
+            if not 1 <= len(header_key) <= 256:
+                raise InvalidInput("the Idempotency-Key header must be 1-256 characters")
+            key = header_key
+        run_at: float | None = None
+        if self.run_at is not None:
+            run_at = parse_iso(self.run_at)
+        elif self.delay_s:
+            run_at = (time.time() if now is None else now) + self.delay_s
+        args = self.arguments if isinstance(self.arguments, list) else []
+        return EnqueueSpec(
+            job=job,
+            args=args,
+            priority=self.priority,
+            idempotency_key=key,
+            run_at=run_at,
+            timeout_s=self.timeout_s,
+            env=dict(self.env),
+            callback_url=self.callback_url,
+            max_retries=self.max_retries,
+            trigger=Trigger.API,
+        )
+
+
+class BatchItem(RunRequest):
+    """One run of a batch: a job name and the fields of ``RunRequest``."""
+
+    job: str = Field(..., description="job name")
+
+    @field_validator("job")
+    @classmethod
+    def _job(cls, value: str) -> str:
+        if not JOB_NAME_RE.match(value):
+            raise ValueError(JOB_NAME_RULE)
+        return value
+
+
+class BatchRequest(BaseModel):
+    """Up to 1,000 runs, validated as a whole before any is enqueued."""
+
+    model_config = ConfigDict(extra="forbid")
+    runs: list[BatchItem] = Field(..., min_length=1, max_length=MAX_BATCH)
+
+
+class RunOut(BaseModel):
+    """A run as the API shows it."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str
+    job: str
+    status: str
+    trigger: str
+    args: list[str]
+    priority: str
+    attempt: int
+    max_retries: int
+    worker: str | None = None
+    enqueued_at: str | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+    scheduled_for: str | None = None
+    next_attempt_at: str | None = None
+    dead_lettered_at: str | None = None
+    duration_s: float | None = None
+    exit_code: int | None = None
+    error: str | None = None
+    result: Any = None
+    idempotency_key: str | None = None
+    timeout_s: float | None = None
+    env: list[str] = Field(default_factory=list, description="names only; values are never shown")
+    callback_url: str | None = None
+    replay_of: str | None = None
+    cancel_requested: bool = False
+
+
+class RunList(BaseModel):
+    """A page of runs, newest first; pass ``next`` as ``before`` for the next page."""
+
+    runs: list[RunOut]
+    next: str | None
+
+
+class BatchOut(BaseModel):
+    """The runs of a batch, in request order (an existing run for a repeated idempotency key)."""
+
+    runs: list[RunOut]
+    created: int
+
+
+# -- routes --------------------------------------------------------------------------------------
+router = APIRouter(tags=["runs"], responses=ERRORS)
+
+
+def run_response(run: Run, status_code: int) -> JSONResponse:
+    """A run as the answer, with ``Location`` pointing at it."""
+    return JSONResponse(run.as_api(), status_code=status_code, headers={"Location": f"/api/runs/{run.id}"})
+
+
+def runnable(job: Job) -> Job:
+    """``job`` if runs can be enqueued for it (not a continuous job), else ``Conflict``."""
+    if job.type == JobType.CONTINUOUS:
+        raise Conflict(
+            f"job {job.name!r} is continuous: it is kept running, not run on demand",
+            f"use POST /api/jobs/{job.name}/start and /stop",
+        )
+    return job
+
+
+async def answer_created(ctx: Ctx, created: Created, job: str) -> JSONResponse:
+    """202 for a new run, 200 with the first run for a repeated idempotency key."""
+    if created.outcome == "created" and created.run is not None:
+        observe_enqueued(created.run)
+        return run_response(created.run, 202)
+    if created.outcome == "exists" and created.run_id:
+        return run_response(await ctx.store.get(created.run_id), 200)
+    if created.outcome == "nojob":
+        raise job_not_found(job)
+    raise Conflict(f"the run was not created ({created.outcome})", created.run_id)
+
+
+@router.post(
+    "/api/jobs/{name}/runs",
+    operation_id="enqueueRun",
+    status_code=202,
+    response_model=RunOut,
+    responses={**NOT_FOUND, **CONFLICT, 200: {"model": RunOut, "description": "the run of a repeated key"}},
+    summary="Enqueue a run of a job",
+)
+async def enqueue(
+    name: str,
+    body: RunRequest | None = None,
+    idempotency_key: str | None = Header(None, alias="Idempotency-Key"),
+    ctx: Ctx = Depends(current_ctx),
+    who: Principal = Depends(require_operator),
+) -> JSONResponse:
+    """Queue a run: 202 with the run (and ``Location``), or 200 with the first run for a repeated key."""
+    spec = (body or RunRequest()).to_spec(check_job_name(name), idempotency_key)
+    job = runnable(await ctx.store.get_job(name))
+    return await answer_created(ctx, await ctx.store.create(spec, job), name)
+
+
+@router.post(
+    "/api/runs/batch",
+    operation_id="enqueueBatch",
+    status_code=202,
+    response_model=BatchOut,
+    summary="Enqueue up to 1,000 runs in one request",
+)
+async def enqueue_batch(
+    body: BatchRequest, ctx: Ctx = Depends(current_ctx), who: Principal = Depends(require_operator)
+) -> JSONResponse:
+    """Validate every item (a bad one fails the whole batch, naming its index), then enqueue all."""
+    now = time.time()
+    specs: list[EnqueueSpec] = []
+    for index, item in enumerate(body.runs):
+        try:
+            specs.append(item.to_spec(item.job, now=now))
+        except InvalidInput as exc:
+            raise InvalidInput(f"runs[{index}]: {exc.message}", exc.detail) from exc
+    jobs = await ctx.store.get_jobs(sorted({s.job for s in specs}))
+    for index, spec in enumerate(specs):
+        job = jobs[spec.job]
+        if job is None:
+            raise InvalidInput(f"runs[{index}].job: job {spec.job!r} does not exist", "nothing was enqueued")
+        if job.type == JobType.CONTINUOUS:
+            raise InvalidInput(
+                f"runs[{index}].job: job {spec.job!r} is continuous and cannot be run on demand",
+                "nothing was enqueued",
+            )
+    results = await ctx.store.create_many([(spec, jobs[spec.job]) for spec in specs])  # type: ignore[misc]
+    existing = [r.run_id for r in results if r.outcome == "exists" and r.run_id]
+    found = {run.id: run for run in await ctx.store.get_many(existing) if run is not None}
+    out: list[dict[str, Any]] = []
+    for spec, res in zip(specs, results, strict=True):
+        if res.run is not None:
+            observe_enqueued(res.run)
+            out.append(res.run.as_api())
+        elif res.run_id in found:
+            out.append(found[res.run_id].as_api())
+        else:  # the job was deleted between validation and enqueue
+            out.append({"job": spec.job, "error": f"not enqueued ({res.outcome})"})
+    return JSONResponse({"runs": out, "created": sum(r.created for r in results)}, status_code=202)
+
+
+@router.get(
+    "/api/jobs/{name}/runs",
+    operation_id="listJobRuns",
+    response_model=RunList,
+    responses=NOT_FOUND,
+    summary="A job's run history, newest first",
+)
+async def list_runs(
+    name: str,
+    limit: int = Query(50, ge=1, le=500),
+    before: str | None = Query(None, description="the 'next' of the previous page"),
+    ctx: Ctx = Depends(current_ctx),
+    who: Principal = Depends(require_viewer),
+) -> JSONResponse:
+    """One page of the job's runs; ``next`` is the cursor of the following page, or null."""
+    check_job_name(name)
+    runs = await ctx.store.list_for_job(name, limit, before)
+    if not runs and not before and not await ctx.redis.exists(ctx.keys.job(name)):
+        raise job_not_found(name)
+    cursor = runs[-1].id if len(runs) == limit else None
+    return JSONResponse({"runs": [r.as_api() for r in runs], "next": cursor})
+
+
+@router.get(
+    "/api/runs/{run_id}", operation_id="getRun", response_model=RunOut, responses=NOT_FOUND, summary="One run"
+)
+async def get_run(
+    run_id: str, ctx: Ctx = Depends(current_ctx), who: Principal = Depends(require_viewer)
+) -> JSONResponse:
+    """The run record."""
+    return JSONResponse((await ctx.store.get(run_id)).as_api())
+
+
+@router.post(
+    "/api/runs/{run_id}/cancel",
+    operation_id="cancelRun",
+    response_model=RunOut,
+    responses={**NOT_FOUND, **CONFLICT, 202: {"model": RunOut, "description": "running: asked to stop"}},
+    summary="Cancel a queued or running run",
+)
+async def cancel_run(
+    run_id: str, ctx: Ctx = Depends(current_ctx), who: Principal = Depends(require_operator)
+) -> JSONResponse:
+    """200 when a waiting run was cancelled; 202 when a running one was told to stop; 409 when it ended."""
+    run = await ctx.store.get(run_id)
+    outcome, extra = await ctx.store.cancel(run)
+    if outcome == "missing":
+        raise run_not_found(run_id)
+    if outcome == "terminal":
+        raise Conflict(
+            f"run {run_id} has already ended ({extra})", f"POST /api/runs/{run_id}/retry runs it again"
+        )
+    return run_response(await ctx.store.get(run_id), 200 if outcome == "cancelled" else 202)
+
+
+def respec(run: Run, trigger: Trigger) -> EnqueueSpec:
+    """A new run like ``run`` (arguments, priority, limits, env, callback), linked to it."""
+    return EnqueueSpec(
+        job=run.job,
+        args=list(run.args),
+        priority=run.priority,
+        timeout_s=run.timeout_s,
+        env=dict(run.env),
+        callback_url=run.callback_url,
+        max_retries=run.max_retries,
+        trigger=trigger,
+        replay_of=run.id,
+    )
+
+
+@router.post(
+    "/api/runs/{run_id}/retry",
+    operation_id="retryRun",
+    status_code=202,
+    response_model=RunOut,
+    responses={**NOT_FOUND, **CONFLICT},
+    summary="Run a finished run again, as a new run",
+)
+async def retry_run(
+    run_id: str, ctx: Ctx = Depends(current_ctx), who: Principal = Depends(require_operator)
+) -> JSONResponse:
+    """A new run (trigger ``retry``, ``replay_of`` the old one) with the same arguments and priority."""
+    run = await ctx.store.get(run_id)
+    if not run.terminal:
+        raise Conflict(f"run {run_id} is still {run.status.value}", "cancel it first, or wait for it to end")
+    job = runnable(await ctx.store.get_job(run.job))
+    return await answer_created(ctx, await ctx.store.create(respec(run, Trigger.RETRY), job), run.job)
