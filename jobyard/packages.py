@@ -124,6 +124,10 @@ def _too_large(message: str) -> PayloadTooLarge:
     )
 
 
+def _why(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
 def _not_a_zip(why: str) -> InvalidInput:
     return InvalidInput(
         f"the package is not a valid zip file ({why})",
@@ -137,7 +141,7 @@ def _precheck_directory(path: Path, settings: Settings) -> None:
         with open(path, "rb") as fp:
             endrec = zipfile._EndRecData(fp)  # type: ignore[attr-defined]
     except _ZIP_ERRORS as exc:
-        raise _not_a_zip(str(exc) or type(exc).__name__) from exc
+        raise _not_a_zip(_why(exc)) from exc
     if not endrec:
         raise _not_a_zip("no end of central directory record")
     entries = int(endrec[zipfile._ECD_ENTRIES_TOTAL])  # type: ignore[attr-defined]
@@ -151,7 +155,7 @@ def _open_zip(path: Path, settings: Settings) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(path)
     except _ZIP_ERRORS as exc:
-        raise _not_a_zip(str(exc) or type(exc).__name__) from exc
+        raise _not_a_zip(_why(exc)) from exc
 
 
 def _check_members(zf: zipfile.ZipFile, archive_bytes: int, settings: Settings) -> list[zipfile.ZipInfo]:
@@ -268,13 +272,13 @@ def _extract_member(
         try:
             src = zf.open(info)
         except _ZIP_ERRORS as exc:
-            raise _bad(info.filename, f"cannot be read ({exc})") from exc
+            raise _bad(info.filename, f"cannot be read ({_why(exc)})") from exc
         with src:
             while True:
                 try:
                     chunk = src.read(CHUNK_BYTES)
                 except _ZIP_ERRORS as exc:
-                    raise _bad(info.filename, f"is damaged ({exc})") from exc
+                    raise _bad(info.filename, f"is damaged ({_why(exc)})") from exc
                 if not chunk:
                     break
                 member_bytes += len(chunk)
