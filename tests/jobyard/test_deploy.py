@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import stat
+import threading
 import time
 import zipfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -324,3 +326,34 @@ def test_list_jobs(r: redis.Redis, tmp_path: Path, settings: Settings) -> None:
     assert [j.name for j in jobs] == ["a", "b", "c"]
     assert all(isinstance(j, Job) for j in jobs)
     assert list_jobs(r, Keys("other")) == []
+
+
+def test_concurrent_deploys_and_deletes_stay_consistent(
+    r: redis.Redis, tmp_path: Path, settings: Settings
+) -> None:
+    # Given eight packages, one of them shared with a job that is deleted while others deploy
+    packages = [make_zip(tmp_path / f"p{i}.zip", {"run.sh": f"echo {i}"}) for i in range(8)]
+    deploy_job(r, KEYS, settings, "other", packages[0], "")
+    start = threading.Barrier(9)
+
+    def deploy(i: int) -> None:
+        start.wait(timeout=10)
+        deploy_job(r, KEYS, settings, "same", packages[i], "")
+
+    def delete() -> None:
+        start.wait(timeout=10)
+        delete_job(r, KEYS, "other")
+
+    # When they all run at once
+    with ThreadPoolExecutor(9) as pool:
+        futures = [pool.submit(deploy, i) for i in range(8)] + [pool.submit(delete)]
+        for f in futures:
+            f.result(timeout=60)
+    # Then one record won, every deploy counted, and only its package is left
+    job = get_job(r, KEYS, "same")
+    assert job.version == 8
+    assert list_jobs(r, KEYS) == [job]
+    stored = {k.decode().rsplit(":", 1)[-1] for k in r.keys(KEYS.package("*")) if k.count(b":") == 2}
+    assert stored == {job.package}
+    assert r.smembers(KEYS.package_refs(job.package)) == {b"same"}
+    assert r.keys("jy:pkg:*:upload:*") == []
