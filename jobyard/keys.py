@@ -28,6 +28,11 @@ Runs:
 - ``P:job:<name>:runs``        zset run id -> enqueue ms: the job's history
 - ``P:job:<name>:active``      set of run ids queued or running (overlap checks, concurrency)
 - ``P:idem:<job>:<key>``       string: run id for an idempotency key (TTL)
+- ``P:job:<name>:slots``       zset run id -> lease expiry ms: runs holding one of the job's
+                               ``max_concurrency`` slots (cluster-wide)
+- ``P:job:<name>:parked``      list "<level>|<message id>": runs fetched while the job was at its
+                               limit, put back at the front of their level when a slot frees
+- ``P:parked``                 set of job names with parked runs (for maintenance)
 - ``P:deadletters``            zset run id -> dead-letter time ms
 - ``P:cancel``                 pub/sub channel: run ids asked to stop
 
@@ -45,6 +50,21 @@ Cluster:
 - ``P:job:<name>:fire_stats``  hash: scheduler counters per job (fired, duplicate, skipped_overlap,
                                skipped_missed, fenced)
 - ``P:events``                 pub/sub channel: job deployed / changed / deleted
+
+Continuous jobs:
+
+- ``P:job:<name>:instances``   hash instance id -> JSON (host, status, pid, run_id, started_at,
+                               restarts, next_start_at): what ``GET /api/jobs/<name>`` shows
+- ``P:cont:<name>:<instance>`` string: per-host lease (one instance per host however many worker
+                               processes it runs); ``<instance>`` is ``singleton`` for the
+                               cluster-wide lease of an ``is_singleton`` job
+
+Dashboard:
+
+- ``P:dashboard:secret``       string: the key that signs dashboard session cookies (random, set once
+                               with NX, shared by every API replica)
+- ``P:dashboard:session:<id>`` hash: one dashboard login (token id, token hash, role, flash
+                               messages); expires when idle, deleted at logout
 """
 
 from __future__ import annotations
@@ -122,6 +142,22 @@ class Keys:
     def job_active(self, name: str) -> str:
         return f"{self.prefix}:job:{name}:active"
 
+    def job_slots(self, name: str) -> str:
+        return f"{self.prefix}:job:{name}:slots"
+
+    def job_parked(self, name: str) -> str:
+        return f"{self.prefix}:job:{name}:parked"
+
+    @property
+    def parked(self) -> str:
+        return f"{self.prefix}:parked"
+
+    def job_instances(self, name: str) -> str:
+        return f"{self.prefix}:job:{name}:instances"
+
+    def continuous_lease(self, name: str, instance: str) -> str:
+        return f"{self.prefix}:cont:{name}:{instance}"
+
     def idempotency(self, job: str, key: str) -> str:
         return f"{self.prefix}:idem:{job}:{key}"
 
@@ -169,3 +205,11 @@ class Keys:
     @property
     def events(self) -> str:
         return f"{self.prefix}:events"
+
+    # dashboard
+    @property
+    def dashboard_secret(self) -> str:
+        return f"{self.prefix}:dashboard:secret"
+
+    def dashboard_session(self, session_id: str) -> str:
+        return f"{self.prefix}:dashboard:session:{session_id}"

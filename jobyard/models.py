@@ -220,11 +220,23 @@ class Job:
     stopped: int = 0  # continuous jobs: 1 after POST /stop
     paused: int = 0  # schedule paused
 
+    @property
+    def concurrency_limit(self) -> int:
+        """Runs of this job allowed at once across the cluster (0: no limit).
+
+        ``is_singleton`` on a triggered job means 1; on a continuous job it means one host.
+        """
+        limit = int(self.settings.get("max_concurrency") or 0)
+        if not limit and self.type is JobType.TRIGGERED and self.settings.get("is_singleton"):
+            limit = 1
+        return limit
+
     def to_hash(self) -> dict[str, str]:
-        """The record as Redis hash fields."""
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        """The record as Redis hash fields (``max_concurrency`` denormalised for the fetch script)."""
+        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
         out["type"] = self.type.value
         out["settings"] = json.dumps(self.settings)
+        out["max_concurrency"] = self.concurrency_limit
         return {k: str(v) for k, v in out.items()}
 
     @classmethod

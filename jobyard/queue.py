@@ -73,6 +73,7 @@ class JobyardBroker(RedisBroker):
         *,
         heartbeat_timeout_s: float = 15.0,
         dead_letter_ttl_s: float = 7 * 86400.0,
+        slot_lease_s: float = 10.0,
         middleware: list[Middleware] | None = None,
     ) -> None:
         super().__init__(
@@ -85,6 +86,7 @@ class JobyardBroker(RedisBroker):
             maintenance_chance=0,
         )
         self.keys = keys
+        self.slot_lease_s = slot_lease_s
         self.jy_scripts = Scripts(client)
         for level in PRIORITY_LEVELS:
             self.declare_queue(level)
@@ -107,19 +109,28 @@ class JobyardBroker(RedisBroker):
         return message
 
     def fetch(self, levels: tuple[str, ...] = PRIORITY_LEVELS) -> Fetched | float | None:
-        """Take the next message in priority order.
+        """Take the next message in priority order (skipping jobs at their concurrency limit).
 
         Returns the message, or when none waits the epoch seconds of the next delayed eta (None
-        when nothing is delayed either).
+        when nothing is delayed either; 0.0 when the scan was cut short and should go on now).
         """
         k = self.keys
         res = self.jy_scripts.fetch(
             keys=[k.heartbeats, k.delayed, k.wake],
-            args=[k.queue_namespace, self.broker_id, int(time.time() * 1000), *levels],
+            args=[
+                k.queue_namespace,
+                self.broker_id,
+                int(time.time() * 1000),
+                int(self.slot_lease_s * 1000),
+                k.prefix,
+                *levels,
+            ],
         )
         level = res[0].decode()
         if level:
             return Fetched(level, res[1].decode(), Message.decode(res[2]))
+        if res[1] == b"more":
+            return 0.0
         return float(res[1]) / 1000 if res[1] else None
 
     def wait_for_wake(self, client: redis.Redis, timeout_s: float) -> bool:

@@ -174,6 +174,11 @@ def prepare_finish(
         keys.job_runs(job),
         keys.job_active(job),
         keys.dead_letters,
+        keys.job_slots(job),
+        keys.job_parked(job),
+        keys.parked,
+        keys.job(job),
+        keys.wake,
     ]
     args = [
         "" if attempt is None else attempt,

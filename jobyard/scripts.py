@@ -14,6 +14,7 @@ SCRIPT_NAMES = (
     "finish_run",
     "cancel_run",
     "renew_leases",
+    "unpark",
 )
 
 
@@ -37,3 +38,4 @@ class Scripts:
     finish_run: Any
     cancel_run: Any
     renew_leases: Any
+    unpark: Any

@@ -107,7 +107,7 @@ def run_attempt(ctx: WorkerContext, run: Run, job: Job) -> AttemptResult:
     )
     runlog = RunLog(lambda lines: ctx.write_log(run.id, lines), js.max_output_bytes)
     control = StopControl()
-    ctx.register(run.id, control)
+    ctx.register(run.id, control, job)
     workdir: Path | None = None
     try:
         for d in (paths.data, paths.tmp, paths.home):

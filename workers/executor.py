@@ -133,7 +133,7 @@ class Executor:
         """Call ``claim_run.lua`` for ``run_id``."""
         ctx, k = self.ctx, self.ctx.keys
         res = ctx.store.scripts.claim_run(
-            keys=[k.run(run_id), k.run_lease(run_id), k.job(job_name)],
+            keys=[k.run(run_id), k.run_lease(run_id), k.job(job_name), k.job_slots(job_name)],
             args=[
                 ctx.worker_id,
                 ctx.settings.instance_id,

@@ -68,6 +68,7 @@ class Worker:
             self.keys,
             heartbeat_timeout_s=settings.heartbeat_timeout_seconds,
             dead_letter_ttl_s=settings.dead_letter_ttl_seconds,
+            slot_lease_s=settings.run_lease_ttl_seconds,
             middleware=[self.retries],
         )
         Actor(
@@ -87,6 +88,7 @@ class Worker:
         self.executor = Executor(self)
         self.pid_dir = settings.data_dir / "pids"
         self._controls: dict[str, StopControl] = {}
+        self._limited: dict[str, str] = {}  # run id -> job name, for runs holding a concurrency slot
         self._lock = threading.Lock()
         self._free = threading.Semaphore(self.concurrency)
         self._busy = 0
@@ -113,13 +115,17 @@ class Worker:
         with self._lock:
             return run_id in self._controls
 
-    def register(self, run_id: str, control: StopControl) -> None:
+    def register(self, run_id: str, control: StopControl, job: Job | None = None) -> None:
+        """Track a running attempt (its lease, and its job's concurrency slot, are renewed)."""
         with self._lock:
             self._controls[run_id] = control
+            if job is not None and job.concurrency_limit:
+                self._limited[run_id] = job.name
 
     def unregister(self, run_id: str) -> None:
         with self._lock:
             self._controls.pop(run_id, None)
+            self._limited.pop(run_id, None)
 
     def track_process(self, run_id: str, pgid: int) -> None:
         write_pid_file(self.pid_dir, run_id, pgid, self.pid)
@@ -273,6 +279,7 @@ class Worker:
         now_ms = int(time.time() * 1000)
         with self._lock:
             run_ids = list(self._controls)
+            limited = dict(self._limited)
             busy = self._busy
         pipe = self.client.pipeline(transaction=False)
         self.broker.heartbeat(pipe)
@@ -292,6 +299,10 @@ class Worker:
         pipe.pexpire(k.worker(self.worker_id), int(self.settings.heartbeat_timeout_seconds * 3000))
         cutoff = now_ms - int(self.settings.heartbeat_timeout_seconds * 3000)
         pipe.zremrangebyscore(k.workers, "-inf", cutoff)
+        self.store.scripts.unpark(keys=[k.parked, k.wake], args=[k.prefix, now_ms], client=pipe)
+        lease_ms = int(self.settings.run_lease_ttl_seconds * 1000)
+        for run_id, job_name in limited.items():
+            pipe.zadd(k.job_slots(job_name), {run_id: now_ms + lease_ms}, xx=True)
         if run_ids:
             self.store.scripts.renew_leases(
                 keys=[k.run_lease(r) for r in run_ids],

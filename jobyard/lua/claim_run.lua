@@ -6,6 +6,7 @@
 -- max deaths the run is dead-lettered instead of run again.
 --
 -- KEYS[1] run hash  KEYS[2] run lease  KEYS[3] job hash (read back for the worker)
+-- KEYS[4] job slots zset (a slot fetch.lua reserved is given back when the run will not run)
 -- ARGV[1] worker process id  ARGV[2] instance id  ARGV[3] pid  ARGV[4] now (epoch s)
 -- ARGV[5] lease ms  ARGV[6] max deaths  ARGV[7] terminal statuses, comma-separated
 -- Returns {"claimed", run fields, job fields} | {"missing"} | {"terminal", status} |
@@ -16,6 +17,7 @@ if redis.call("exists", KEYS[1]) == 0 then
 end
 local status = redis.call("hget", KEYS[1], "status")
 if string.find("," .. ARGV[7] .. ",", "," .. status .. ",", 1, true) then
+  redis.call("zrem", KEYS[4], redis.call("hget", KEYS[1], "id"))
   return {"terminal", status}
 end
 if redis.call("hget", KEYS[1], "cancel_requested") == "1" then

@@ -11,13 +11,45 @@
 -- list is cleared in the same atomic step: any enqueue after this call pushes a fresh token, so
 -- the caller can block on the wake list without missing one.
 --
+-- Concurrency limits: a message of a job whose ``max_concurrency`` slots are all held (the job's
+-- slots zset, one member per running run, scored by lease expiry) is parked on the job's parked
+-- list instead of being handed out, and the scan goes on, so a saturated job never occupies a
+-- slot or blocks the others. finish_run.lua (and unpark.lua, for slots whose lease expired with
+-- a dead worker) put parked messages back at the front of their level.
+--
 -- KEYS[1] heartbeats zset  KEYS[2] delayed zset  KEYS[3] wake list
--- ARGV[1] queue namespace  ARGV[2] broker id  ARGV[3] now ms  ARGV[4..] levels in priority order
--- Returns {level, message id, data} | {"", next eta ms or ""}
+-- ARGV[1] queue namespace  ARGV[2] broker id  ARGV[3] now ms  ARGV[4] slot lease ms
+-- ARGV[5] key prefix  ARGV[6..] levels in priority order
+-- Returns {level, message id, data} | {"", next eta ms or ""} | {"", "more"} (scan cut short)
 
 local ns = ARGV[1]
 local broker = ARGV[2]
 local now = tonumber(ARGV[3])
+local lease = tonumber(ARGV[4])
+local prefix = ARGV[5]
+
+-- Reserve a concurrency slot for the message's run; false when the job is at its limit.
+local function reserve(data)
+  local ok, msg = pcall(cjson.decode, data)
+  if not ok or type(msg) ~= "table" or type(msg["args"]) ~= "table" then
+    return true
+  end
+  local run_id, job = msg["args"][1], msg["args"][2]
+  if type(job) ~= "string" then
+    return true
+  end
+  local limit = tonumber(redis.call("hget", prefix .. ":job:" .. job, "max_concurrency") or "0") or 0
+  if limit <= 0 then
+    return true
+  end
+  local slots = prefix .. ":job:" .. job .. ":slots"
+  redis.call("zremrangebyscore", slots, "-inf", now)
+  if not redis.call("zscore", slots, run_id) and redis.call("zcard", slots) >= limit then
+    return false, job
+  end
+  redis.call("zadd", slots, now + lease, run_id)
+  return true
+end
 redis.call("zadd", KEYS[1], now, broker)
 
 local due = redis.call("zrangebyscore", KEYS[2], "-inf", now, "LIMIT", 0, 100)
@@ -29,20 +61,35 @@ for _, member in ipairs(due) do
   redis.call("rpush", ns .. ":" .. level, mid)
 end
 
-for i = 4, #ARGV do
+local cut_short = false
+for i = 6, #ARGV do
   local level = ARGV[i]
   local queue = ns .. ":" .. level
-  for _ = 1, 100 do
+  local scanned = 0
+  while true do
     local mid = redis.call("lpop", queue)
     if not mid then
       break
     end
+    scanned = scanned + 1
     local data = redis.call("hget", queue .. ".msgs", mid)
     if data then
-      redis.call("sadd", ns .. ":__acks__." .. broker .. "." .. level, mid)
-      return {level, mid, data}
+      local free, job = reserve(data)
+      if free then
+        redis.call("sadd", ns .. ":__acks__." .. broker .. "." .. level, mid)
+        return {level, mid, data}
+      end
+      redis.call("rpush", prefix .. ":job:" .. job .. ":parked", level .. "|" .. mid)
+      redis.call("sadd", prefix .. ":parked", job)
     end
-    -- an id without a body was purged: drop it and look further
+    -- an id without a body was purged: dropped. Bound the work of one call either way.
+    if scanned >= 100 then
+      cut_short = true
+      break
+    end
+  end
+  if cut_short then
+    return {"", "more"}
   end
 end
 

@@ -2,7 +2,8 @@
 -- lost its lease (paused, cut off) cannot overwrite the attempt that replaced it.
 --
 -- KEYS[1] run hash  KEYS[2] run lease  KEYS[3] job history zset  KEYS[4] job active set
--- KEYS[5] dead letters zset
+-- KEYS[5] dead letters zset  KEYS[6] job slots zset  KEYS[7] job parked list  KEYS[8] parked jobs set
+-- KEYS[9] job hash  KEYS[10] wake list
 -- ARGV[1] expected attempt ("" = any)  ARGV[2] now (epoch s)  ARGV[3] new status
 -- ARGV[4] mode: "final" | "retry" | "requeue" | "deadletter"
 -- ARGV[5] history size  ARGV[6] key prefix (for trimming old runs)  ARGV[7] terminal statuses
@@ -29,6 +30,28 @@ for i = 8, #ARGV do
 end
 redis.call("hset", KEYS[1], unpack(fields))
 redis.call("del", KEYS[2])
+
+-- The attempt no longer runs: free its concurrency slot and let parked runs of the job back in.
+local run_id = redis.call("hget", KEYS[1], "id")
+if redis.call("zrem", KEYS[6], run_id) == 1 or redis.call("llen", KEYS[7]) > 0 then
+  local limit = tonumber(redis.call("hget", KEYS[9], "max_concurrency") or "0") or 0
+  local free = limit - redis.call("zcard", KEYS[6])
+  if limit <= 0 then
+    free = redis.call("llen", KEYS[7])
+  end
+  for _ = 1, free do
+    local member = redis.call("lpop", KEYS[7])
+    if not member then
+      break
+    end
+    local sep = string.find(member, "|", 1, true)
+    redis.call("lpush", ARGV[6] .. ":q:" .. string.sub(member, 1, sep - 1), string.sub(member, sep + 1))
+    redis.call("lpush", KEYS[10], "1")
+  end
+  if redis.call("llen", KEYS[7]) == 0 then
+    redis.call("srem", KEYS[8], redis.call("hget", KEYS[1], "job"))
+  end
+end
 
 if mode == "retry" or mode == "requeue" then
   return {"ok", ARGV[3]}
