@@ -197,3 +197,42 @@ def test_prometheus_sums_runs_over_api_and_worker(
         prometheus.wait_for("jobyard_workers_alive", 1)
     finally:
         prometheus.stop()
+
+
+def test_scheduler_metrics_and_leader_seen_by_prometheus(
+    api: Api, redis_url: str, data_dir: Path, tmp_path: Path, prometheus_bin: str, promtool: str
+) -> None:
+    # given one scheduler replica with its metrics port
+    port = free_port()
+    env = role_env(redis_url, data_dir, JOBYARD_METRICS_PORT=str(port))
+    scheduler = Role(["scheduler"], env, tmp_path / "scheduler.log")
+    workdir = tmp_path / "prometheus-3"
+    workdir.mkdir()
+    prometheus: Prometheus | None = None
+    try:
+
+        def leader() -> bool:
+            if not scheduler.alive():
+                raise AssertionError(f"the scheduler exited:\n{scheduler.output()}")
+            try:
+                text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=1).text
+            except httpx.HTTPError:
+                return False
+            return "jobyard_scheduler_leader 1.0" in text
+
+        # when it becomes leader
+        wait_until(leader, timeout=30, interval=0.1, what="the scheduler to report itself leader")
+        # then its /metrics passes promtool and Prometheus sees one leader, also in Redis
+        resp = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+        promtool_check_metrics(promtool, resp.content)
+        assert "jobyard_scheduler_term_changes_total 1.0" in resp.text
+        assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200
+        targets = {"jobyard-api": [f"127.0.0.1:{api.port}"], "jobyard-scheduler": [f"127.0.0.1:{port}"]}
+        prometheus = Prometheus(prometheus_bin, workdir, targets)
+        prometheus.wait_for("sum(jobyard_scheduler_leader)", 1)
+        prometheus.wait_for("jobyard_scheduler_lease_present", 1)
+        assert (prometheus.scalar("jobyard_scheduler_term") or 0) >= 1
+    finally:
+        if prometheus is not None:
+            prometheus.stop()
+        scheduler.stop()
