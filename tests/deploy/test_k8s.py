@@ -7,6 +7,7 @@ they must agree with each other.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -184,3 +185,22 @@ def _env_values(node: Any) -> list[tuple[str, Any]]:
         for value in node:
             out += _env_values(value)
     return out
+
+
+def test_readme_lists_the_secret_keys_and_paths_that_exist() -> None:
+    """deploy/README.md's Secret table is secrets.env.example's keys; the paths it names exist."""
+    readme = (DEPLOY / "README.md").read_text()
+    keys = {
+        line.partition("=")[0]
+        for line in (K8S / EXAMPLE / "secrets.env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    }
+    table = set()
+    for line in readme.splitlines():
+        if line.startswith("| `") and "read by" not in line:
+            table |= set(re.findall(r"`([A-Z][A-Z0-9_]+)`", line.split("|")[1]))
+    assert keys <= table
+    paths = re.findall(r"^\| `([a-z0-9/_.-]+)` \|", readme, flags=re.M)
+    assert len(paths) >= 5
+    for path in paths:
+        assert (DEPLOY / path).exists(), f"README names {path}, which does not exist"
