@@ -195,6 +195,7 @@ def test_prometheus_sums_runs_over_api_and_worker(
         prometheus.wait_for('sum(jobyard_runs_started_total{job_name="finished"})', 3)
         prometheus.wait_for("sum(jobyard_queue_depth)", 0)
         prometheus.wait_for("jobyard_workers_alive", 1)
+        prometheus.wait_for('jobyard_cluster_worker_slots{state="total"}', 2)  # --concurrency 2
     finally:
         prometheus.stop()
 
