@@ -31,6 +31,8 @@ def with_client(func: F) -> F:
             fail(str(exc))
         except TimeoutError as exc:
             fail(str(exc))
+        except KeyboardInterrupt:  # Ctrl-C while following a log or waiting: no traceback
+            sys.exit(130)
 
     return wrapper  # type: ignore[return-value]
 
@@ -102,6 +104,8 @@ def fields(data: dict[str, Any], names: Sequence[str]) -> None:
         value = data.get(name)
         if name.endswith("_at") and isinstance(value, str):
             value = when(value)
+        elif isinstance(value, float):
+            value = f"{value:.3f}"
         elif isinstance(value, dict | list):
             value = json.dumps(value) if value else "-"
         click.echo(f"{name + ':':<{width + 1}} {'-' if value is None or value == '' else value}")
