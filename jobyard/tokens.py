@@ -23,7 +23,7 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
-from jobyard.errors import InvalidInput, NotFound
+from jobyard.errors import Conflict, InvalidInput, NotFound
 from jobyard.keys import Keys
 from jobyard.models import iso
 
@@ -35,6 +35,8 @@ BOOTSTRAP_ID = "bootstrap-admin"
 MAX_NAME_CHARS = 100
 # last_used_at is bookkeeping, not an audit log: write it at most this often per token.
 LAST_USED_RESOLUTION_S = 60.0
+# Read-modify-write of the tokens hash (WATCH) gives up after this many clashes.
+MAX_TX_ATTEMPTS = 20
 
 
 @dataclass
@@ -162,10 +164,19 @@ def list_tokens(client: redis.Redis, keys: Keys) -> list[TokenRecord]:
 
 def revoke_token(client: redis.Redis, keys: Keys, token_id: str) -> TokenRecord:
     """Mark a token revoked (kept, so the listing shows it); ``NotFound`` for an unknown id."""
-    digest, record = _find(client.hgetall(keys.tokens), token_id)
-    record.revoked = True
-    client.hset(keys.tokens, digest, record.to_json())
-    return record
+    for _ in range(MAX_TX_ATTEMPTS):
+        with client.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(keys.tokens)
+                digest, record = _find(pipe.hgetall(keys.tokens), token_id)
+                record.revoked = True
+                pipe.multi()
+                pipe.hset(keys.tokens, digest, record.to_json())
+                pipe.execute()
+                return record
+            except redis.WatchError:
+                continue  # a token was used or changed meanwhile: read again
+    raise Conflict(f"token {token_id!r} kept changing while being revoked", "retry")
 
 
 def lookup_token(client: redis.Redis, keys: Keys, secret: str) -> TokenRecord | None:
@@ -191,10 +202,19 @@ async def alist_tokens(client: aioredis.Redis, keys: Keys) -> list[TokenRecord]:
 
 async def arevoke_token(client: aioredis.Redis, keys: Keys, token_id: str) -> TokenRecord:
     """Asyncio ``revoke_token``."""
-    digest, record = _find(await client.hgetall(keys.tokens), token_id)
-    record.revoked = True
-    await client.hset(keys.tokens, digest, record.to_json())
-    return record
+    for _ in range(MAX_TX_ATTEMPTS):
+        async with client.pipeline(transaction=True) as pipe:
+            try:
+                await pipe.watch(keys.tokens)
+                digest, record = _find(await pipe.hgetall(keys.tokens), token_id)
+                record.revoked = True
+                pipe.multi()
+                pipe.hset(keys.tokens, digest, record.to_json())
+                await pipe.execute()
+                return record
+            except redis.WatchError:
+                continue
+    raise Conflict(f"token {token_id!r} kept changing while being revoked", "retry")
 
 
 async def alookup_token(client: aioredis.Redis, keys: Keys, secret: str) -> TokenRecord | None:
