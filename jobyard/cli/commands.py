@@ -309,12 +309,13 @@ def _list_schedules(client: Client, as_json: bool) -> None:
     table(
         items,
         [
-            ("JOB", lambda s: s.get("job") or s.get("name")),
-            ("SCHEDULE", lambda s: s.get("schedule")),
+            ("JOB", lambda s: s.get("job")),
+            ("SCHEDULE", lambda s: s.get("expr")),
             ("TIMEZONE", lambda s: s.get("timezone")),
             ("PAUSED", lambda s: "yes" if s.get("paused") else "no"),
-            ("NEXT FIRE", lambda s: when(s.get("next_fire_at") or s.get("next_fire_time"))),
-            ("LAST FIRE", lambda s: when(s.get("last_fire_at") or s.get("last_fire_time"))),
+            ("NEXT FIRE", lambda s: when(s.get("next_fire_time"))),
+            ("LAST FIRE", lambda s: when(s.get("last_fire"))),
+            ("WHEN", lambda s: s.get("error") or s.get("description")),
         ],
         "no scheduled jobs",
     )

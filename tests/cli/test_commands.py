@@ -154,6 +154,24 @@ def test_status_and_dead_letters(stack: Stack) -> None:
     assert stack.cli("dlq", "purge", replayed).returncode == 1
 
 
+def test_schedules_list_pause_and_resume(stack: Stack) -> None:
+    ok(stack.cli("deploy", str(EXAMPLES / "ticker")))
+
+    [item] = [
+        s for s in json.loads(ok(stack.cli("schedules", "--json")))["schedules"] if s["job"] == "ticker"
+    ]
+    assert item["expr"] == "*/30 * * * * *" and item["next_fire_time"] and not item["paused"]
+    assert any(line.startswith("ticker ") for line in ok(stack.cli("schedules")).splitlines())
+
+    ok(stack.cli("schedules", "pause", "ticker"))
+    paused = {s["job"]: s["paused"] for s in json.loads(ok(stack.cli("schedules", "--json")))["schedules"]}
+    assert paused["ticker"] is True
+    ok(stack.cli("schedules", "resume", "ticker"))
+    with stack.client() as client:
+        assert client.job("ticker")["paused"] is False
+    assert stack.cli("schedules", "pause", "no-such-job").returncode == 1
+
+
 def test_the_console_script_help_lists_the_commands() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "jobyard", "--help"], capture_output=True, text=True, cwd=str(REPO), check=True
