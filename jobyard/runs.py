@@ -294,6 +294,16 @@ class RunStore:
         )
         return parse_finish(self.scripts.finish_run(keys=keys, args=args))
 
+    def start_direct(self, run: Run, lease_holder: str, lease_ttl_s: float) -> None:
+        """Write a run that starts at once on this worker, without a queue (continuous instances)."""
+        k = self.keys
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(k.run(run.id), mapping=run.to_hash())
+        pipe.zadd(k.job_runs(run.job), {run.id: int((run.enqueued_at or time.time()) * 1000)})
+        pipe.sadd(k.job_active(run.job), run.id)
+        pipe.set(k.run_lease(run.id), lease_holder, px=int(lease_ttl_s * 1000))
+        pipe.execute()
+
     # -- logs --------------------------------------------------------------------------------
     def append_log(self, pipe: Any, run_id: str, lines: list[tuple[float, str, str]]) -> None:
         """Queue XADDs of ``(t, stream, text)`` lines on ``pipe`` (caller executes)."""

@@ -94,7 +94,14 @@ def describe_exit(code: int | None) -> str:
     return f"exit code {code}"
 
 
-def run_attempt(ctx: WorkerContext, run: Run, job: Job) -> AttemptResult:
+def run_attempt(
+    ctx: WorkerContext,
+    run: Run,
+    job: Job,
+    *,
+    control: StopControl | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> AttemptResult:
     """Prepare and run attempt ``run.attempt`` of ``run``; never raises for the script's faults."""
     s = ctx.settings
     js = JobRunSettings.of(job, run, s.default_stopping_wait_seconds, s.max_output_mb)
@@ -106,7 +113,7 @@ def run_attempt(ctx: WorkerContext, run: Run, job: Job) -> AttemptResult:
         home=s.data_dir / "attempts" / base / "home",
     )
     runlog = RunLog(lambda lines: ctx.write_log(run.id, lines), js.max_output_bytes)
-    control = StopControl()
+    control = control or StopControl()
     ctx.register(run.id, control, job)
     workdir: Path | None = None
     try:
@@ -125,7 +132,7 @@ def run_attempt(ctx: WorkerContext, run: Run, job: Job) -> AttemptResult:
             return AttemptResult(
                 RunStatus.FAILED, js, runlog.take_pending(), error=message, package=job.package
             )
-        env = build_env(s, job, run, paths, job_env=js.env)
+        env = build_env(s, job, run, paths, job_env=js.env, extra=extra_env)
         runner = ScriptRunner(
             argv,
             cwd=workdir,

@@ -124,7 +124,7 @@ class Executor:
             reason = (
                 f"the worker running it died {claim.detail} times; dead-lettered so it cannot loop forever"
             )
-            self._record(run, None, RunStatus.FAILED, "deadletter", error=reason)
+            self.record(run, None, RunStatus.FAILED, "deadletter", error=reason)
             raise RunFailed(reason)
         assert claim.run is not None and claim.job is not None
         return self._attempt(claim.run, claim.job)
@@ -158,11 +158,11 @@ class Executor:
             log.warning("run %s: lease lost mid-attempt; another attempt owns it now", run.id)
             return "ack"
         if result.interrupted:
-            self._record(run, job, RunStatus.QUEUED, "requeue", lines=result.lines, error=result.error)
+            self.record(run, job, RunStatus.QUEUED, "requeue", lines=result.lines, error=result.error)
             ctx.hooks.emit("after_requeue", run, job)
             return "requeue"
         if result.status in (RunStatus.SUCCEEDED, RunStatus.CANCELLED):
-            self._record(run, job, result.status, "final", lines=result.lines, **result.fields())
+            self.record(run, job, result.status, "final", lines=result.lines, **result.fields())
             return "ack"
         # failed or timed out: retry while the budget lasts
         failures = run.failures + 1
@@ -178,7 +178,7 @@ class Executor:
                     f"retry {failures} of {run.max_retries} in {delay:.1f} s",
                 ),
             ]
-            self._record(
+            self.record(
                 run,
                 job,
                 RunStatus.RETRYING,
@@ -198,15 +198,15 @@ class Executor:
                 f"attempt {run.attempt} {result.status.value}; no retries left: dead-lettered",
             ),
         ]
-        self._record(run, job, result.status, "deadletter", lines=lines, failures=failures, **result.fields())
+        self.record(run, job, result.status, "deadletter", lines=lines, failures=failures, **result.fields())
         raise RunFailed(result.error or result.status.value)
 
     # -- recording ---------------------------------------------------------------------------
     def _finish_without_running(self, run_id: str, status: RunStatus, error: str) -> None:
         run = self.ctx.store.get(run_id)
-        self._record(run, None, status, "final", error=error)
+        self.record(run, None, status, "final", error=error)
 
-    def _record(
+    def record(
         self,
         run: Run,
         job: Job | None,

@@ -39,6 +39,7 @@ class StopReason(StrEnum):
     CANCEL = "cancel"
     SHUTDOWN = "shutdown"
     LEASE_LOST = "lease_lost"
+    STOP = "stop"  # a continuous job was stopped or redeployed
 
 
 @dataclass

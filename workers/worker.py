@@ -43,6 +43,7 @@ from jobyard.runs import RunStore
 from jobyard.settings import Settings
 from workers import packaging
 from workers.attempt import remove_pid_file, write_pid_file
+from workers.continuous import Supervisor
 from workers.executor import Executor, RunFailed
 from workers.runner import StopControl, StopReason
 
@@ -98,6 +99,7 @@ class Worker:
         self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="slot")
         self.started_at = time.time()
         self.consuming = False
+        self.supervisor = Supervisor(self)
 
     # -- context used by the executor and attempts --------------------------------------------
     def retrying(self, fn: Callable[[], T], what: str) -> T:
@@ -173,6 +175,7 @@ class Worker:
         for t in threads:
             t.start()
         self._beat()
+        self.supervisor.start()
         log.info(
             "worker %s (%s, pid %d) consuming with %d slots",
             self.worker_id,
@@ -196,6 +199,7 @@ class Worker:
         self.stopping = True
         with self._lock:
             controls = list(self._controls.values())
+        self.supervisor.shutdown(hard=self.hard_stop)
         for control in controls:
             control.request(StopReason.SHUTDOWN, hard=self.hard_stop)
 
@@ -247,6 +251,7 @@ class Worker:
         """Wait for the slots (their scripts were asked to stop), then deregister."""
         self.request_stop() if not self.stopping else None
         self._pool.shutdown(wait=True)
+        self.supervisor.join(timeout_s=600)
         self._stopped.set()
         try:
             pipe = self.client.pipeline(transaction=False)
