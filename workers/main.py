@@ -8,7 +8,9 @@ import signal
 import threading
 from types import FrameType
 
+from jobyard.health_server import HealthServer, start_role_health_server
 from jobyard.settings import Settings
+from workers.metrics_hooks import MetricsHooks
 from workers.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -24,6 +26,7 @@ def serve(settings: Settings, concurrency: int | None = None) -> int:
             "set JOBYARD_RUN_AS to an unprivileged user"
         )
     worker = Worker(settings, concurrency)
+    worker.hooks.add(MetricsHooks())
     health = _start_health(settings, worker)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -40,19 +43,6 @@ def serve(settings: Settings, concurrency: int | None = None) -> int:
             health.stop()
 
 
-def _start_health(settings: Settings, worker: Worker) -> object | None:
-    """/metrics, /healthz and /readyz on the worker's metrics port (when that module is present)."""
-    try:
-        from jobyard.health_server import resolve_metrics_port, start_health_server
-    except ImportError:
-        return None
-    port = resolve_metrics_port(settings, WORKER_METRICS_PORT)
-    if not port:
-        return None
-    try:
-        from workers.metrics_hooks import MetricsHooks
-
-        worker.hooks.add(MetricsHooks())
-    except ImportError:
-        pass
-    return start_health_server(port, worker.ready)
+def _start_health(settings: Settings, worker: Worker) -> HealthServer | None:
+    """/metrics, /healthz and /readyz on the worker's metrics port (JOBYARD_METRICS_PORT=0: none)."""
+    return start_role_health_server(settings, WORKER_METRICS_PORT, worker.ready)

@@ -34,6 +34,7 @@ import redis
 from dramatiq import Actor
 from dramatiq.middleware import Retries
 
+from jobyard import metrics
 from jobyard.hooks import HookChain
 from jobyard.keys import Keys
 from jobyard.models import Job
@@ -317,6 +318,7 @@ class Worker:
             for r in run_ids:
                 pipe.hget(k.run(r), "cancel_requested")
         results = pipe.execute()
+        metrics.set_worker_slots(busy, self.concurrency)
         if not run_ids:
             return
         base = len(results) - len(run_ids) - 1  # renew_leases' answer, then one flag per run

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -79,7 +80,8 @@ def test_one_instance_per_host_and_stop_start(deploy, store, workers, r) -> None
 
 
 def test_singleton_moves_when_its_holder_dies(deploy, store, workers, r) -> None:  # type: ignore[no-untyped-def]
-    deploy("single", {"run.sh": LOOP.replace("VERSION", "1")}, {"is_singleton": True}, job_type="continuous")
+    script = {"run.sh": LOOP.replace("VERSION", "1")}
+    deploy("single", script, {"is_singleton": True}, job_type="continuous")
     a = workers(1, instance="host-a", **FAST)
     wait_until(lambda: len(running_runs(store, "single")) == 1, timeout=15, what="the singleton to start")
     workers(1, instance="host-b", **FAST)
@@ -111,7 +113,7 @@ def test_a_crashing_job_restarts_with_growing_delays(deploy, store, workers) -> 
     wait_until(lambda: len(ended()) >= 4, timeout=25, what="four ended starts")
     runs = sorted(ended(), key=lambda x: x.started_at)[:4]
     assert all(x.status is RunStatus.FAILED and x.exit_code == 3 for x in runs)
-    gaps = [b.started_at - a.ended_at for a, b in zip(runs, runs[1:], strict=False)]  # type: ignore[operator]
+    gaps = [b.started_at - a.ended_at for a, b in itertools.pairwise(runs)]  # type: ignore[operator]
     assert 0.8 < gaps[0] < 1.8 and 1.8 < gaps[1] < 2.8 and 3.8 < gaps[2] < 5.0, gaps
 
 
