@@ -12,13 +12,19 @@ import sys
 import click
 
 from jobyard.cli.common import (
+    DEADLETTER_COLUMNS,
+    JOB_COLUMNS,
     RUN_COLUMNS,
     RUN_FIELDS,
+    SCHEDULE_COLUMNS,
+    TOKEN_COLUMNS,
+    WORKER_COLUMNS,
+    before_option,
     emit_json,
     env_pairs,
     fields,
     json_option,
-    last_line,
+    limit_option,
     log_line,
     note,
     run_summary,
@@ -68,18 +74,7 @@ def jobs(client: Client, name: str | None, as_json: bool) -> None:
     if as_json:
         emit_json({"jobs": items})
         return
-    table(
-        items,
-        [
-            ("NAME", lambda j: j["name"]),
-            ("TYPE", lambda j: j.get("type")),
-            ("ENTRY", lambda j: j.get("entry")),
-            ("SCHEDULE", lambda j: (j.get("settings") or {}).get("schedule")),
-            ("VERSION", lambda j: j.get("version")),
-            ("UPDATED", lambda j: when(j.get("updated_at"))),
-        ],
-        "no jobs deployed",
-    )
+    table(items, JOB_COLUMNS, "no jobs deployed")
 
 
 @click.command()
@@ -171,8 +166,8 @@ def run(
 
 @click.command()
 @click.argument("name")
-@click.option("--limit", "-l", type=click.IntRange(1, 1000), default=20, show_default=True)
-@click.option("--before", help="page cursor (the 'next' of the previous page)")
+@limit_option
+@before_option
 @json_option
 @with_client
 def runs(client: Client, name: str, limit: int, before: str | None, as_json: bool) -> None:
@@ -241,23 +236,9 @@ def _list_deadletters(client: Client, as_json: bool, limit: int, before: str | N
     if as_json:
         emit_json({"deadletters": items, "next": cursor})
         return
-    table(
-        items,
-        [
-            ("RUN", lambda r: r.get("run_id") or r.get("id")),
-            ("JOB", lambda r: r.get("job")),
-            ("ATTEMPTS", lambda r: r.get("attempts")),
-            ("DEAD SINCE", lambda r: when(r.get("dead_lettered_at"))),
-            ("ERROR", lambda r: last_line(r.get("error"))),
-        ],
-        "no dead letters",
-    )
+    table(items, DEADLETTER_COLUMNS, "no dead letters")
     if cursor:
         note(f"more: jobyard dlq list --before {cursor}")
-
-
-limit_option = click.option("--limit", "-l", type=click.IntRange(1, 500), default=50, show_default=True)
-before_option = click.option("--before", help="page cursor (the 'next' of the previous page)")
 
 
 @click.group(invoke_without_command=True)
@@ -306,19 +287,7 @@ def _list_schedules(client: Client, as_json: bool) -> None:
     if as_json:
         emit_json({"schedules": items})
         return
-    table(
-        items,
-        [
-            ("JOB", lambda s: s.get("job")),
-            ("SCHEDULE", lambda s: s.get("expr")),
-            ("TIMEZONE", lambda s: s.get("timezone")),
-            ("PAUSED", lambda s: "yes" if s.get("paused") else "no"),
-            ("NEXT FIRE", lambda s: when(s.get("next_fire_time"))),
-            ("LAST FIRE", lambda s: when(s.get("last_fire"))),
-            ("WHEN", lambda s: s.get("error") or s.get("description")),
-        ],
-        "no scheduled jobs",
-    )
+    table(items, SCHEDULE_COLUMNS, "no scheduled jobs")
 
 
 @click.group(invoke_without_command=True)
@@ -373,14 +342,7 @@ def status(client: Client, as_json: bool) -> None:
     click.echo("")
     table(
         info.get("workers") or [],
-        [
-            ("INSTANCE", lambda w: w.get("instance_id")),
-            ("HOST", lambda w: w.get("host")),
-            ("PID", lambda w: w.get("pid")),
-            ("SLOTS", lambda w: w.get("slots")),
-            ("BUSY", lambda w: w.get("busy")),
-            ("LAST SEEN", lambda w: when(w.get("last_seen"))),
-        ],
+        WORKER_COLUMNS,
         "no workers alive",
     )
 
@@ -408,11 +370,8 @@ def token_create(
         emit_json(item)
     else:
         click.echo(item["token"])
-    note(
-        f"created {role} token {item.get('id')}"
-        + (f" ({name})" if name else "")
-        + "; store it now, it is shown once"
-    )
+    label = f"{item.get('id')} ({name})" if name else item.get("id")
+    note(f"created {role} token {label}; store it now, it is shown once")
 
 
 @token.command("list")
@@ -424,17 +383,7 @@ def token_list(client: Client, as_json: bool) -> None:
     if as_json:
         emit_json({"tokens": items})
         return
-    table(
-        items,
-        [
-            ("ID", lambda t: t.get("id")),
-            ("ROLE", lambda t: t.get("role")),
-            ("NAME", lambda t: t.get("name")),
-            ("CREATED", lambda t: when(t.get("created_at"))),
-            ("EXPIRES", lambda t: when(t.get("expires_at"))),
-        ],
-        "no tokens (the admin token from JOBYARD_ADMIN_TOKEN is not listed)",
-    )
+    table(items, TOKEN_COLUMNS, "no tokens (the admin token from JOBYARD_ADMIN_TOKEN is not listed)")
 
 
 @token.command("revoke")

@@ -49,6 +49,8 @@ def env_pairs(ctx: click.Context, param: click.Parameter, values: tuple[str, ...
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="print the API's JSON")
+limit_option = click.option("--limit", "-l", type=click.IntRange(1, 500), default=50, show_default=True)
+before_option = click.option("--before", help="page cursor (the 'next' of the previous page)")
 
 
 def fail(message: str) -> None:
@@ -131,6 +133,51 @@ RUN_COLUMNS: list[Column] = [
     ("DURATION", lambda r: seconds(r.get("duration_s"))),
     ("EXIT", lambda r: r.get("exit_code")),
 ]
+
+JOB_COLUMNS: list[Column] = [
+    ("NAME", lambda j: j["name"]),
+    ("TYPE", lambda j: j.get("type")),
+    ("ENTRY", lambda j: j.get("entry")),
+    ("SCHEDULE", lambda j: (j.get("settings") or {}).get("schedule")),
+    ("VERSION", lambda j: j.get("version")),
+    ("UPDATED", lambda j: when(j.get("updated_at"))),
+]
+
+DEADLETTER_COLUMNS: list[Column] = [
+    ("RUN", lambda r: r.get("run_id") or r.get("id")),
+    ("JOB", lambda r: r.get("job")),
+    ("ATTEMPTS", lambda r: r.get("attempts")),
+    ("DEAD SINCE", lambda r: when(r.get("dead_lettered_at"))),
+    ("ERROR", lambda r: last_line(r.get("error"))),
+]
+
+SCHEDULE_COLUMNS: list[Column] = [
+    ("JOB", lambda s: s.get("job")),
+    ("SCHEDULE", lambda s: s.get("expr")),
+    ("TIMEZONE", lambda s: s.get("timezone")),
+    ("PAUSED", lambda s: "yes" if s.get("paused") else "no"),
+    ("NEXT FIRE", lambda s: when(s.get("next_fire_time"))),
+    ("LAST FIRE", lambda s: when(s.get("last_fire"))),
+    ("WHEN", lambda s: s.get("error") or s.get("description")),
+]
+
+WORKER_COLUMNS: list[Column] = [
+    ("INSTANCE", lambda w: w.get("instance_id")),
+    ("HOST", lambda w: w.get("host")),
+    ("PID", lambda w: w.get("pid")),
+    ("SLOTS", lambda w: w.get("slots")),
+    ("BUSY", lambda w: w.get("busy")),
+    ("LAST SEEN", lambda w: when(w.get("last_seen"))),
+]
+
+TOKEN_COLUMNS: list[Column] = [
+    ("ID", lambda t: t.get("id")),
+    ("ROLE", lambda t: t.get("role")),
+    ("NAME", lambda t: t.get("name")),
+    ("CREATED", lambda t: when(t.get("created_at"))),
+    ("EXPIRES", lambda t: when(t.get("expires_at"))),
+]
+
 RUN_FIELDS = [
     "id", "job", "status", "trigger", "args", "priority", "attempt", "max_retries", "worker",
     "enqueued_at", "scheduled_for", "started_at", "ended_at", "duration_s", "exit_code", "error",
