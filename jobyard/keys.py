@@ -35,6 +35,8 @@ Runs:
 - ``P:parked``                 set of job names with parked runs (for maintenance)
 - ``P:deadletters``            zset run id -> dead-letter time ms
 - ``P:cancel``                 pub/sub channel: run ids asked to stop
+- ``P:callbacks``              zset run id -> when its callback is due (ms): the outbox of run
+                               callbacks; a sender pushes the score forward while it delivers
 
 Cluster:
 
@@ -164,6 +166,10 @@ class Keys:
     @property
     def dead_letters(self) -> str:
         return f"{self.prefix}:deadletters"
+
+    @property
+    def callbacks(self) -> str:
+        return f"{self.prefix}:callbacks"
 
     @property
     def cancel_channel(self) -> str:

@@ -133,6 +133,7 @@ class Run:
     timeout_s: float | None = None
     env: dict[str, str] = field(default_factory=dict)
     callback_url: str | None = None
+    callback_status: str | None = None
     replay_of: str | None = None
     package: str | None = None
     deaths: int = 0  # attempts lost because the worker died mid-run

@@ -15,6 +15,7 @@ SCRIPT_NAMES = (
     "cancel_run",
     "renew_leases",
     "unpark",
+    "take_due",
 )
 
 
@@ -39,3 +40,4 @@ class Scripts:
     cancel_run: Any
     renew_leases: Any
     unpark: Any
+    take_due: Any

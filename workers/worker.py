@@ -44,6 +44,7 @@ from jobyard.runs import RunStore
 from jobyard.settings import Settings
 from workers import packaging
 from workers.attempt import remove_pid_file, write_pid_file
+from workers.callbacks import CallbackHooks, CallbackSender
 from workers.continuous import Supervisor
 from workers.executor import Executor, RunFailed
 from workers.runner import StopControl, StopReason
@@ -86,6 +87,8 @@ class Worker:
         self.host = socket.gethostname()
         self.store = RunStore(self.client, self.keys, settings)
         self.hooks = HookChain()
+        self.callbacks = CallbackSender(self)
+        self.hooks.add(CallbackHooks(self))
         self.packages = packaging.HostPackages(settings, self.client, self.keys)
         self.executor = Executor(self)
         self.pid_dir = settings.data_dir / "pids"
@@ -177,6 +180,7 @@ class Worker:
             t.start()
         self._beat()
         self.supervisor.start()
+        self.callbacks.start()
         log.info(
             "worker %s (%s, pid %d) consuming with %d slots",
             self.worker_id,
@@ -253,6 +257,7 @@ class Worker:
         self.request_stop() if not self.stopping else None
         self._pool.shutdown(wait=True)
         self.supervisor.join(timeout_s=600)
+        self.callbacks.stop()
         self._stopped.set()
         try:
             pipe = self.client.pipeline(transaction=False)
