@@ -167,7 +167,7 @@ def revoke_token(client: redis.Redis, keys: Keys, token_id: str) -> TokenRecord:
     for _ in range(MAX_TX_ATTEMPTS):
         with client.pipeline(transaction=True) as pipe:
             try:
-                pipe.watch(keys.tokens)
+                pipe.watch(keys.tokens)  # type: ignore[no-untyped-call]
                 digest, record = _find(pipe.hgetall(keys.tokens), token_id)
                 record.revoked = True
                 pipe.multi()
@@ -208,7 +208,7 @@ async def arevoke_token(client: aioredis.Redis, keys: Keys, token_id: str) -> To
                 await pipe.watch(keys.tokens)
                 digest, record = _find(await pipe.hgetall(keys.tokens), token_id)
                 record.revoked = True
-                pipe.multi()
+                pipe.multi()  # type: ignore[no-untyped-call]
                 pipe.hset(keys.tokens, digest, record.to_json())
                 await pipe.execute()
                 return record
@@ -241,7 +241,7 @@ async def atouch_token(client: aioredis.Redis, keys: Keys, secret: str, now: flo
             if record.revoked:
                 return
             record.last_used_at = now
-            pipe.multi()
+            pipe.multi()  # type: ignore[no-untyped-call]
             pipe.hset(keys.tokens, digest, record.to_json())
             await pipe.execute()
         except redis.WatchError:

@@ -27,16 +27,20 @@ and manages tokens. Errors are `{"error": ..., "detail": ...}`; 503 means Redis 
 
 
 def discover_routers() -> list[tuple[str, APIRouter]]:
-    """``(module name, router)`` for each module of ``services.routes`` that has a ``router``."""
-    found = []
+    """``(module name, router)`` for each module of ``services.routes`` that has a ``router``.
+
+    Ordered by the module's ``ROUTER_PRIORITY`` (default 100, lower first), then by name:
+    routes are matched in order, so the hot paths (enqueue) go first.
+    """
+    found: list[tuple[int, str, APIRouter]] = []
     for info in sorted(pkgutil.iter_modules(routes.__path__), key=lambda m: m.name):
         if info.name.startswith("_"):
             continue
         module = importlib.import_module(f"{routes.__name__}.{info.name}")
         router = getattr(module, "router", None)
         if isinstance(router, APIRouter):
-            found.append((info.name, router))
-    return found
+            found.append((int(getattr(module, "ROUTER_PRIORITY", 100)), info.name, router))
+    return [(name, router) for _, name, router in sorted(found, key=lambda item: item[:2])]
 
 
 def create_app(settings: Settings) -> FastAPI:

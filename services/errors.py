@@ -136,6 +136,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     status = exc.status_code
     headers = dict(exc.headers or {})
+    detail: str | None
     if status == 404:
         message, detail = (
             "not found",

@@ -7,7 +7,8 @@ import importlib.util
 import logging
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from types import FrameType
 
 import uvicorn
 
@@ -28,6 +29,13 @@ class _Server(uvicorn.Server):
     uvicorn re-raises the signal it caught once it has shut down, so the process would die of
     SIGTERM after a clean, complete shutdown; supervisors then report a failure.
     """
+
+    on_exit: Callable[[], None] | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        if self.on_exit is not None:
+            self.on_exit()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -72,5 +80,12 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
         timeout_graceful_shutdown=int(GRACEFUL_SHUTDOWN_S),
     )
     log.info("API on http://%s:%s (Redis %s)", config.host, config.port, describe(settings))
-    _Server(config).run()
+    server = _Server(config)
+    ctx = app.state.ctx
+
+    def stopping() -> None:
+        ctx.stopping = True  # a plain flag: safe to set from a signal handler
+
+    server.on_exit = stopping
+    server.run()
     log.info("API stopped")

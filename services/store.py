@@ -59,6 +59,11 @@ def run_not_found(run_id: str) -> NotFound:
     )
 
 
+def decoded(members: Any) -> list[str]:
+    """A Redis reply of byte strings as text (redis-py types replies loosely)."""
+    return [m.decode() for m in members]
+
+
 def _ulid_ms(run_id: str) -> int | None:
     try:
         return int(ULID.from_str(run_id).milliseconds)
@@ -78,7 +83,7 @@ class AsyncRunStore:
     # -- jobs --------------------------------------------------------------------------------
     async def get_job(self, name: str) -> Job:
         """The job record, or ``NotFound`` (``InvalidInput`` for a name that breaks the rule)."""
-        data = await self.r.hgetall(self.keys.job(check_job_name(name)))
+        data: dict[bytes, bytes] = await self.r.hgetall(self.keys.job(check_job_name(name)))  # type: ignore[assignment]
         if not data:
             raise job_not_found(name)
         return Job.from_hash(data)
@@ -111,7 +116,7 @@ class AsyncRunStore:
 
     async def get(self, run_id: str) -> Run:
         """The run record, or ``NotFound``."""
-        data = await self.r.hgetall(self.keys.run(check_run_id(run_id)))
+        data: dict[bytes, bytes] = await self.r.hgetall(self.keys.run(check_run_id(run_id)))  # type: ignore[assignment]
         if not data:
             raise run_not_found(run_id)
         return Run.from_hash(data)
@@ -127,10 +132,10 @@ class AsyncRunStore:
 
     async def latest(self, job: str) -> Run | None:
         """The job's newest run, if any."""
-        ids = await self.r.zrevrange(self.keys.job_runs(job), 0, 0)
+        ids = decoded(await self.r.zrevrange(self.keys.job_runs(job), 0, 0))
         if not ids:
             return None
-        return (await self.get_many([ids[0].decode()]))[0]
+        return (await self.get_many(ids))[0]
 
     async def page_ids(self, zset: str, limit: int, before: str | None) -> list[str]:
         """Members of a zset scored by time, newest first, strictly after the member ``before``.
@@ -139,17 +144,14 @@ class AsyncRunStore:
         been trimmed meanwhile, its ULID time stands in for its score.
         """
         if not before:
-            raw = await self.r.zrevrange(zset, 0, limit - 1)
-            return [m.decode() for m in raw]
-        rank = await self.r.zrevrank(zset, before)
+            return decoded(await self.r.zrevrange(zset, 0, limit - 1))
+        rank: int | None = await self.r.zrevrank(zset, before)  # type: ignore[assignment]
         if rank is not None:
-            raw = await self.r.zrevrange(zset, rank + 1, rank + limit)
-            return [m.decode() for m in raw]
+            return decoded(await self.r.zrevrange(zset, rank + 1, rank + limit))
         ms = _ulid_ms(before)
         if ms is None:
             return []
-        raw_scored = await self.r.zrevrangebyscore(zset, ms, "-inf", start=0, num=limit + 1000)
-        ids = [m.decode() for m in raw_scored]
+        ids = decoded(await self.r.zrevrangebyscore(zset, ms, "-inf", start=0, num=limit + 1000))
         return [i for i in ids if i < before][:limit]
 
     async def list_for_job(self, job: str, limit: int = 50, before: str | None = None) -> list[Run]:
@@ -167,5 +169,7 @@ class AsyncRunStore:
     async def read_log(self, run_id: str, after: str = "-", count: int = 10_000) -> list[dict[str, Any]]:
         """Log entries after entry id ``after`` (exclusive unless ``-``)."""
         start = after if after == "-" else f"({after}"
-        entries = await self.r.xrange(self.keys.run_log(run_id), start, "+", count)
+        entries: list[tuple[bytes, dict[bytes, bytes]]] = await self.r.xrange(  # type: ignore[assignment]
+            self.keys.run_log(run_id), start, "+", count
+        )
         return [decode_log_entry(i, d) for i, d in entries]

@@ -152,7 +152,7 @@ async def purge(
     if not await ctx.redis.zrem(ctx.keys.dead_letters, run_id):
         raise not_dead_lettered(run_id)
     messages = 0
-    data = await ctx.redis.hgetall(ctx.keys.run(run_id))
+    data: dict[bytes, bytes] = await ctx.redis.hgetall(ctx.keys.run(run_id))  # type: ignore[assignment]
     if data:
         messages = await drop_dramatiq_copy(ctx, Run.from_hash(data))
     log.info("dead letter %s purged by %s", run_id, who.name)

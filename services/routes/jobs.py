@@ -27,7 +27,7 @@ from jobyard.models import Job, JobType, Run, iso
 from jobyard.packages import spool_upload
 from services.deps import Ctx, Principal, current_ctx, require_admin, require_operator, require_viewer
 from services.errors import CONFLICT, ERRORS, NOT_FOUND, ErrorBody
-from services.store import check_job_name, job_not_found
+from services.store import check_job_name, decoded, job_not_found
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["jobs"], responses=ERRORS)
@@ -213,7 +213,7 @@ async def list_jobs(
     ctx: Ctx = Depends(current_ctx), who: Principal = Depends(require_viewer)
 ) -> JSONResponse:
     """Every job by name, each with its latest run."""
-    names = sorted(m.decode() for m in await ctx.redis.smembers(ctx.keys.jobs))
+    names = sorted(decoded(await ctx.redis.smembers(ctx.keys.jobs)))
     pipe = ctx.redis.pipeline(transaction=False)
     for name in names:
         pipe.hgetall(ctx.keys.job(name))
@@ -309,7 +309,7 @@ async def _set_stopped(ctx: Ctx, name: str, stopped: bool) -> dict[str, Any]:
         await pipe.watch(key)
         if not await pipe.exists(key):
             raise job_not_found(name)
-        pipe.multi()
+        pipe.multi()  # type: ignore[no-untyped-call]
         pipe.hset(key, "stopped", int(stopped))
         pipe.publish(ctx.keys.events, event)
         try:

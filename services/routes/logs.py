@@ -33,6 +33,7 @@ PAGE = 1000
 BLOCK_S = 0.5
 KEEPALIVE_S = 15.0
 _TERMINAL = {s.value.encode() for s in TERMINAL}
+Entries = list[tuple[bytes, dict[bytes, bytes]]]
 
 
 def _position(after: str | None, last_event_id: str | None) -> str:
@@ -59,15 +60,14 @@ async def get_log(
     key = ctx.keys.run_log(run.id)
 
     async def lines() -> AsyncIterator[bytes]:
-        start = "-"
+        last = "0-0"
         while True:
-            entries = await ctx.redis.xrange(key, start, "+", PAGE)
-            chunk = "".join(format_log_line(decode_log_entry(i, d)) + "\n" for i, d in entries)
-            if chunk:
-                yield chunk.encode()
+            entries = await _after(ctx, key, last)
+            if entries:
+                yield "".join(format_log_line(decode_log_entry(i, d)) + "\n" for i, d in entries).encode()
+                last = entries[-1][0].decode()
             if len(entries) < PAGE:
                 return
-            start = "(" + entries[-1][0].decode()
 
     return StreamingResponse(
         lines(),
@@ -106,38 +106,50 @@ async def stream_log(
     )
 
 
+async def _after(ctx: Ctx, key: str, last: str) -> Entries:
+    """Up to PAGE entries after entry id ``last`` ("0-0": from the start)."""
+    start = "-" if last == "0-0" else "(" + last
+    entries: Entries = await ctx.redis.xrange(key, start, "+", PAGE)  # type: ignore[assignment]
+    return entries
+
+
 async def follow(ctx: Ctx, run_id: str, position: str) -> AsyncIterator[str]:
     """The event stream of one run's log from ``position`` (exclusive) until the run has ended."""
     key = ctx.keys.run_log(run_id)
     last = position
     quiet_since = time.monotonic()
+    status: bytes | None = None
+    ending = False
     try:
         while True:
-            # Drain what is stored, a page at a time, before waiting for more.
-            while True:
-                entries = await ctx.redis.xrange(key, "(" + last if last != "0-0" else "-", "+", PAGE)
-                if entries:
-                    yield "".join(_event(i, d) for i, d in entries)
-                    last = entries[-1][0].decode()
-                    quiet_since = time.monotonic()
-                if len(entries) < PAGE:
-                    break
-            status = await ctx.redis.hget(ctx.keys.run(run_id), "status")
-            if status is None or status in _TERMINAL:
-                # Lines are written before the final status: one more drain catches the last ones.
-                tail = await ctx.redis.xrange(key, "(" + last if last != "0-0" else "-", "+")
-                if tail:
-                    yield "".join(_event(i, d) for i, d in tail)
+            entries = await _after(ctx, key, last)
+            if entries:
+                yield "".join(_event(i, d) for i, d in entries)
+                last = entries[-1][0].decode()
+                quiet_since = time.monotonic()
+            if len(entries) == PAGE:
+                continue  # more is stored: drain it before anything else
+            if ending:
                 yield _end(status)
                 return
-            got = await ctx.redis.xread({key: last}, count=PAGE, block=int(BLOCK_S * 1000))
-            if got:
-                for _stream, items in got:
-                    if items:
-                        yield "".join(_event(i, d) for i, d in items)
-                        last = items[-1][0].decode()
-                quiet_since = time.monotonic()
-            elif time.monotonic() - quiet_since >= KEEPALIVE_S:
+            if ctx.stopping:
+                # The server is shutting down: end the response; clients resume with Last-Event-ID.
+                yield ": server shutting down, reconnect to resume\n\n"
+                return
+            status = await ctx.redis.hget(ctx.keys.run(run_id), "status")  # type: ignore[assignment]
+            if status is None or status in _TERMINAL:
+                # Lines are written before the final status: one more drain catches the last ones.
+                ending = True
+                continue
+            got: list[tuple[bytes, Entries]] = await ctx.redis.xread(  # type: ignore[assignment]
+                {key: last}, count=PAGE, block=int(BLOCK_S * 1000)
+            )
+            for _stream, items in got or []:
+                if items:
+                    yield "".join(_event(i, d) for i, d in items)
+                    last = items[-1][0].decode()
+                    quiet_since = time.monotonic()
+            if not got and time.monotonic() - quiet_since >= KEEPALIVE_S:
                 yield ": keep-alive\n\n"  # a comment: keeps proxies from closing a quiet stream
                 quiet_since = time.monotonic()
     except REDIS_DOWN as exc:

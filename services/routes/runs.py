@@ -208,6 +208,7 @@ class BatchOut(BaseModel):
 
 # -- routes --------------------------------------------------------------------------------------
 router = APIRouter(tags=["runs"], responses=ERRORS)
+ROUTER_PRIORITY = 0  # enqueue is the hot path: matched before every other router's routes
 
 
 def run_response(run: Run, status_code: int) -> JSONResponse:
@@ -253,7 +254,7 @@ async def enqueue(
     who: Principal = Depends(require_operator),
 ) -> JSONResponse:
     """Queue a run: 202 with the run (and ``Location``), or 200 with the first run for a repeated key."""
-    spec = (body or RunRequest()).to_spec(check_job_name(name), idempotency_key)
+    spec = (body or RunRequest.model_validate({})).to_spec(check_job_name(name), idempotency_key)
     job = runnable(await ctx.store.get_job(name))
     return await answer_created(ctx, await ctx.store.create(spec, job), name)
 
