@@ -44,7 +44,7 @@ DRAMATIQ_MAX_RETRIES = 1_000_000
 def build_message(run_id: str, job: str, level: str) -> tuple[str, str]:
     """A dramatiq message that asks for run ``run_id`` of ``job`` on queue ``level``: (redis id, encoded)."""
     redis_id = str(uuid4())
-    message = Message(
+    message: Message[Any] = Message(
         queue_name=level,
         actor_name=RUN_ACTOR,
         args=(run_id, job),

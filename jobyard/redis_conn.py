@@ -58,7 +58,10 @@ def connect(settings: Settings, *, socket_timeout: float | None = 10.0) -> redis
             sentinel_kwargs={"password": settings.redis_sentinel_password.get_secret_value() or None},
             socket_timeout=socket_timeout,
         )
-        return sentinel.master_for(settings.redis_master_name, socket_timeout=socket_timeout, **common)
+        master: redis.Redis = sentinel.master_for(
+            settings.redis_master_name, socket_timeout=socket_timeout, **common
+        )
+        return master
     url = settings.redis_url.get_secret_value() or "redis://127.0.0.1:6379/0"
     return redis.Redis.from_url(url, socket_timeout=socket_timeout, **common)
 
@@ -73,7 +76,10 @@ def connect_async(settings: Settings, *, socket_timeout: float | None = 10.0) ->
             sentinel_kwargs={"password": settings.redis_sentinel_password.get_secret_value() or None},
             socket_timeout=socket_timeout,
         )
-        return sentinel.master_for(settings.redis_master_name, socket_timeout=socket_timeout, **common)
+        amaster: aioredis.Redis = sentinel.master_for(
+            settings.redis_master_name, socket_timeout=socket_timeout, **common
+        )
+        return amaster
     url = settings.redis_url.get_secret_value() or "redis://127.0.0.1:6379/0"
     return aioredis.Redis.from_url(url, socket_timeout=socket_timeout, **common)
 

@@ -219,7 +219,8 @@ class RunStore:
     """Runs on a synchronous client (workers, scheduler, tools)."""
 
     def __init__(self, client: redis.Redis, keys: Keys, settings: Settings) -> None:
-        self.r = client
+        # redis-py's reply types are unions of every decoding mode; replies here are bytes.
+        self.r: Any = client
         self.keys = keys
         self.settings = settings
         self.scripts = Scripts(client)

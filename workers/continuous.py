@@ -115,7 +115,8 @@ class Supervisor:
 
     def _continuous_jobs(self) -> dict[str, Job]:
         w = self.w
-        names = sorted(n.decode() for n in w.client.smembers(w.keys.jobs))
+        members: Any = w.client.smembers(w.keys.jobs)
+        names = sorted(n.decode() for n in members)
         pipe = w.client.pipeline(transaction=False)
         for name in names:
             pipe.hget(w.keys.job(name), "type")

@@ -84,9 +84,12 @@ class Executor:
                 log.exception("unexpected failure processing message %s", fetched.redis_id)
             # Called directly, not through broker.emit_after, which swallows errors: a re-enqueue
             # lost to a Redis outage would leave the run "retrying" forever.
-            ctx.retrying(
-                lambda e=exc: ctx.retries.after_process_message(ctx.broker, proxy, exception=e), "re-enqueue"
-            )
+            failure: BaseException = exc
+
+            def retry_or_fail() -> None:
+                ctx.retries.after_process_message(ctx.broker, proxy, exception=failure)
+
+            ctx.retrying(retry_or_fail, "re-enqueue")
         finally:
             if proxy.failed:
                 ctx.retrying(lambda: ctx.broker.nack_message(fetched), "nack")
