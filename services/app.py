@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import pkgutil
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from jobyard import __version__
+from jobyard.errors import PayloadTooLarge
 from jobyard.settings import Settings
 from services import errors, routes
 from services.deps import Ctx
 
 log = logging.getLogger(__name__)
+
+# JSON bodies: a full batch of 1,000 runs is far below this; package uploads have their own cap.
+MAX_BODY_BYTES = 16 * 1024 * 1024
+_UPLOAD_PATH = re.compile(r"^/api/jobs/[^/]+$")
 
 DESCRIPTION = """\
 Deploy scripts, run them on demand, continuously or on a schedule, and watch them.
@@ -43,6 +51,54 @@ def discover_routers() -> list[tuple[str, APIRouter]]:
     return [(name, router) for _, name, router in sorted(found, key=lambda item: item[:2])]
 
 
+class BodyCap:
+    """Refuse request bodies over ``max_bytes`` (413), except package uploads (``PUT /api/jobs/{name}``).
+
+    FastAPI reads a JSON body before any dependency runs, authentication included, so without a
+    cap anyone could make the server buffer an arbitrarily large body. Uploads are streamed to
+    disk under their own cap (``JOBYARD_MAX_PACKAGE_BYTES``) after authentication.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or (scope["method"] == "PUT" and _UPLOAD_PATH.match(scope["path"])):
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                await self._refuse(send)
+                return
+        seen = 0
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    # An HTTPException: FastAPI turns anything else raised while reading into a 400.
+                    error = self._error()
+                    raise HTTPException(413, detail=f"{error.message}; {error.detail}")
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+    def _error(self) -> PayloadTooLarge:
+        return PayloadTooLarge(
+            f"the request body is over {self.max_bytes} bytes", "split the request (a batch takes 1,000 runs)"
+        )
+
+    async def _refuse(self, send: Send) -> None:
+        error = self._error()
+        body = json.dumps(errors.error_body(error.message, error.detail)).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
 def create_app(settings: Settings) -> FastAPI:
     """A new app for ``settings`` with its own Redis clients (they connect on first use)."""
     ctx = Ctx.create(settings)
@@ -65,6 +121,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.ctx = ctx
     errors.install(app)
+    app.add_middleware(BodyCap)
     for name, router in discover_routers():
         app.include_router(router)
         log.debug("included router services.routes.%s", name)

@@ -126,3 +126,25 @@ def test_503_while_redis_is_down_then_recovers(start_api: Any, tmp_path: Any) ->
             assert client.get("/api/jobs").status_code == 200
     finally:
         server.stop()
+
+
+def test_json_bodies_are_capped_before_authentication(api: Any) -> None:
+    with httpx.Client(base_url=api.url, timeout=30) as client:
+        big = b'{"runs": [' + b'{"job": "a"},' * 1_500_000 + b'{"job": "a"}]}'
+        body = error_shape(
+            client.post("/api/runs/batch", content=big, headers={"content-type": "application/json"}), 413
+        )
+        assert "split" in body["detail"]
+
+        def chunks() -> Any:
+            yield b'{"runs": ['
+            for _ in range(200):
+                yield b'{"job": "a"},' * 10_000
+
+        try:
+            response = client.post(
+                "/api/runs/batch", content=chunks(), headers={"content-type": "application/json"}
+            )
+        except httpx.TransportError:
+            return  # the server may close the connection before the client is done sending
+        error_shape(response, 413)
