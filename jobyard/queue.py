@@ -15,6 +15,9 @@ dead workers' messages re-queued by dramatiq's maintenance, failures re-enqueued
 - **Delays**: dramatiq keeps delayed messages in worker memory until their eta. Here they wait
   in one Redis zset and the fetch script promotes them when due, so a ``run_at`` days away
   survives every restart and costs no worker memory.
+- **Starvation**: priority is strict by design (a high run always goes first). Optional aging
+  (``JOBYARD_PRIORITY_AGING_SECONDS``, off by default) lets a waiting run rise one level per
+  period waited, for users who prefer that every run starts eventually.
 - **Maintenance**: dramatiq runs it on 0.1 % of calls, so a SIGKILLed worker's message may
   wait many minutes. Each worker forces it once per heartbeat for every level, with a short
   heartbeat timeout (``JOBYARD_HEARTBEAT_TIMEOUT_SECONDS``), which bounds recovery.
@@ -74,6 +77,7 @@ class JobyardBroker(RedisBroker):
         heartbeat_timeout_s: float = 15.0,
         dead_letter_ttl_s: float = 7 * 86400.0,
         slot_lease_s: float = 10.0,
+        aging_s: float = 0.0,
         middleware: list[Middleware] | None = None,
     ) -> None:
         super().__init__(
@@ -87,6 +91,7 @@ class JobyardBroker(RedisBroker):
         )
         self.keys = keys
         self.slot_lease_s = slot_lease_s
+        self.aging_s = aging_s
         self.jy_scripts = Scripts(client)
         for level in PRIORITY_LEVELS:
             self.declare_queue(level)
@@ -123,6 +128,7 @@ class JobyardBroker(RedisBroker):
                 int(time.time() * 1000),
                 int(self.slot_lease_s * 1000),
                 k.prefix,
+                int(self.aging_s * 1000),
                 *levels,
             ],
         )

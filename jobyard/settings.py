@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     run_as: str = ""
     run_env_passthrough: str = "PATH,LANG,LC_ALL,TZ"
     max_worker_deaths: int = 3
+    # Strict priority starves low runs under a steady high stream; > 0 lets a waiting run rise one
+    # level per this many seconds waited. Off by default: strict means strict.
+    priority_aging_seconds: float = 0.0
     default_stopping_wait_seconds: float = 5.0
 
     # Retention

@@ -72,6 +72,7 @@ class Worker:
             heartbeat_timeout_s=settings.heartbeat_timeout_seconds,
             dead_letter_ttl_s=settings.dead_letter_ttl_seconds,
             slot_lease_s=settings.run_lease_ttl_seconds,
+            aging_s=settings.priority_aging_seconds,
             middleware=[self.retries],
         )
         Actor(

@@ -19,7 +19,12 @@
 --
 -- KEYS[1] heartbeats zset  KEYS[2] delayed zset  KEYS[3] wake list
 -- ARGV[1] queue namespace  ARGV[2] broker id  ARGV[3] now ms  ARGV[4] slot lease ms
--- ARGV[5] key prefix  ARGV[6..] levels in priority order
+-- ARGV[5] key prefix  ARGV[6] aging ms (0: strict, no aging)  ARGV[7..] levels in priority order
+--
+-- Aging (off by default, JOBYARD_PRIORITY_AGING_SECONDS): priority is strict, so a steady stream
+-- of high runs starves low ones forever. With aging on, a waiting message rises one level per
+-- aging period it has waited (by its enqueue time): the oldest message of each lower level is
+-- moved to the tail of the level it has risen to before the scan.
 -- Returns {level, message id, data} | {"", next eta ms or ""} | {"", "more"} (scan cut short)
 
 local ns = ARGV[1]
@@ -27,6 +32,8 @@ local broker = ARGV[2]
 local now = tonumber(ARGV[3])
 local lease = tonumber(ARGV[4])
 local prefix = ARGV[5]
+local aging = tonumber(ARGV[6])
+local first_level = 7
 
 -- Reserve a concurrency slot for the message's run; false when the job is at its limit.
 local function reserve(data)
@@ -61,8 +68,37 @@ for _, member in ipairs(due) do
   redis.call("rpush", ns .. ":" .. level, mid)
 end
 
+if aging > 0 then
+  for i = first_level + 1, #ARGV do
+    local level = ARGV[i]
+    local queue = ns .. ":" .. level
+    local mid = redis.call("lindex", queue, 0)
+    local data = mid and redis.call("hget", queue .. ".msgs", mid)
+    if data then
+      local ok, msg = pcall(cjson.decode, data)
+      local origin = i - first_level
+      if ok and type(msg) == "table" then
+        for j = first_level, #ARGV do
+          if ARGV[j] == msg["queue_name"] then
+            origin = j - first_level
+          end
+        end
+        local risen = math.floor((now - (tonumber(msg["message_timestamp"]) or now)) / aging)
+        local target = math.max(0, origin - risen)
+        if target < i - first_level then
+          local to = ns .. ":" .. ARGV[first_level + target]
+          redis.call("lpop", queue)
+          redis.call("hdel", queue .. ".msgs", mid)
+          redis.call("hset", to .. ".msgs", mid, data)
+          redis.call("rpush", to, mid)
+        end
+      end
+    end
+  end
+end
+
 local cut_short = false
-for i = 6, #ARGV do
+for i = first_level, #ARGV do
   local level = ARGV[i]
   local queue = ns .. ":" .. level
   local scanned = 0
