@@ -146,6 +146,32 @@ def test_deploy_from_the_page_run_it_and_watch_the_log_live(
     expect(admin.locator("tr[data-job=greet] [data-cell=status]")).to_have_text("succeeded")
 
 
+def test_the_jobs_and_cluster_pages_update_without_a_reload(
+    admin: Page, system: System, tmp_path: Path
+) -> None:
+    system.deploy("pulse", GATED)
+    gate = tmp_path / "gate"
+    admin.goto("/")
+    admin.evaluate("window.__not_reloaded = true")
+    run = system.enqueue("pulse", arguments=[str(gate)])
+    status = admin.locator("tr[data-job=pulse] [data-cell=status]")
+    expect(status).to_have_text("running")
+    gate.touch()
+    expect(status).to_have_text("succeeded")
+    expect(admin.locator("tr[data-job=pulse] [data-cell=last_result]")).to_contain_text("exit 0")
+    assert admin.evaluate("window.__not_reloaded") is True
+    assert system.run(run["id"])["status"] == "succeeded"
+
+    admin.goto("/cluster")
+    admin.evaluate("window.__not_reloaded = true")
+    delayed = admin.locator("[data-queue=delayed]")
+    expect(delayed).to_have_text("0")
+    later = system.enqueue("pulse", arguments=[str(gate)], delay_s=600)
+    expect(delayed).to_have_text("1")
+    assert admin.evaluate("window.__not_reloaded") is True
+    assert system.http.post(f"/api/runs/{later['id']}/cancel").status_code == 200
+
+
 def _bulk_history(redis_server: RedisServer, job: str, count: int) -> list[str]:
     """Write ``count`` finished runs of ``job`` straight into Redis; their ids, newest first."""
     client = redis_server.client()
