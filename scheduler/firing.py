@@ -19,7 +19,9 @@ logged (the first ``LOG_SKIPPED_EACH`` one by one, then a summary) and counted a
 from __future__ import annotations
 
 import logging
+import time
 from datetime import UTC, datetime
+from typing import Any
 
 import redis
 from apscheduler.triggers.cron import CronTrigger
@@ -27,7 +29,7 @@ from apscheduler.triggers.cron import CronTrigger
 from jobyard.cron import fire_times_between, next_fire_times
 from jobyard.keys import Keys
 from jobyard.models import Trigger, iso
-from jobyard.runs import EnqueueSpec, Fence, RunStore
+from jobyard.runs import EnqueueSpec, Fence, RunStore, parse_create, prepare_create
 from scheduler.stats import (
     DUPLICATE,
     FENCED,
@@ -82,54 +84,80 @@ class Firer:
         self.stats = stats
         self.catch_up_window_s = catch_up_window_s
 
-    def fire(self, entry: Entry, fire_ts: float, term: int | None, now: float) -> str:
+    def fire(self, entry: Entry, fire_ts: float, term: int | None) -> str:
         """Fire ``entry`` for ``fire_ts`` once; returns our outcome (``scheduler.stats``) or ``nojob``."""
-        spec = EnqueueSpec(entry.name, trigger=Trigger.SCHEDULE, scheduled_for=fire_ts)
-        fence = Fence(fire_ts=fire_ts, term=term, overlap=entry.overlap)
-        created = self.store.create(spec, entry.job, fence=fence)
-        if created.outcome == NOJOB:
-            log.info("job %s was deleted: its fire at %s is dropped", entry.name, iso(fire_ts))
-            return NOJOB
-        outcome = FROM_CREATE.get(created.outcome, created.outcome)
-        if outcome == FENCED:
-            log.warning(
-                "fire of job %s at %s refused: term %s is stale (leader term now %s)",
-                entry.name,
-                iso(fire_ts),
-                term,
-                created.run_id,
-            )
-            # Counted for operators to see; last_fire is the new leader's to write.
-            self.client.hincrby(self.keys.job_fire_stats(entry.name), FENCED, 1)
-            self.stats.fire(entry.name, FENCED, fire_ts, now)
-            return FENCED
-        self._record(entry.name, fire_ts, outcome)
-        self.stats.fire(entry.name, outcome, fire_ts, now)
+        return self.fire_many([(entry, fire_ts)], term)[0]
+
+    def fire_many(self, items: list[tuple[Entry, float]], term: int | None) -> list[str]:
+        """Fire several (entry, fire time) pairs in one round trip; their outcomes, in order.
+
+        Each fire is still its own atomic ``create_run`` script; pipelining them only saves the
+        round trips when many jobs share a fire time (every minute on the minute, say).
+        """
+        pipe = self.client.pipeline(transaction=False)
+        runs = []
+        for entry, fire_ts in items:
+            spec = EnqueueSpec(entry.name, trigger=Trigger.SCHEDULE, scheduled_for=fire_ts)
+            fence = Fence(fire_ts=fire_ts, term=term, overlap=entry.overlap)
+            keys, args, run = prepare_create(self.keys, self.store.settings, spec, entry.job, fence=fence)
+            self.store.scripts.create_run(keys=keys, args=args, client=pipe)
+            runs.append(run)
+        results = pipe.execute()
+        now = time.time()
+        records = self.client.pipeline(transaction=False)
+        outcomes = []
+        for (entry, fire_ts), result, run in zip(items, results, runs, strict=True):
+            created = parse_create(result, run)
+            outcome = NOJOB if created.outcome == NOJOB else FROM_CREATE.get(created.outcome, created.outcome)
+            outcomes.append(outcome)
+            if outcome == NOJOB:
+                log.info("job %s was deleted: its fire at %s is dropped", entry.name, iso(fire_ts))
+                continue
+            if outcome == FENCED:
+                log.warning(
+                    "fire of job %s at %s refused: term %s is stale (leader term now %s)",
+                    entry.name,
+                    iso(fire_ts),
+                    term,
+                    created.run_id,
+                )
+                # Counted for operators to see; last_fire is the new leader's to write.
+                records.hincrby(self.keys.job_fire_stats(entry.name), FENCED, 1)
+            else:
+                self._record(entry.name, fire_ts, outcome, pipe=records)
+            self.stats.fire(entry.name, outcome, fire_ts, now)
+            self._log(entry, fire_ts, outcome, created.run_id, now)
+        records.execute()
+        return outcomes
+
+    @staticmethod
+    def _log(entry: Entry, fire_ts: float, outcome: str, ref: str | None, now: float) -> None:
         if outcome == FIRED:
             log.info(
                 "fired job %s for %s: run %s (%.0f ms late)",
                 entry.name,
                 iso(fire_ts),
-                created.run_id,
+                ref,
                 max(0.0, now - fire_ts) * 1000,
-                extra={"run_id": created.run_id, "job_name": entry.name},
+                extra={"run_id": ref, "job_name": entry.name},
             )
         elif outcome == SKIPPED_OVERLAP:
             log.info(
                 "skipped job %s for %s: run %s is still queued or running (overlap=skip)",
                 entry.name,
                 iso(fire_ts),
-                created.run_id,
+                ref,
             )
         elif outcome == DUPLICATE:
-            log.info("job %s for %s was already fired (%s)", entry.name, iso(fire_ts), created.run_id)
-        return outcome
+            log.info("job %s for %s was already fired (%s)", entry.name, iso(fire_ts), ref)
 
-    def _record(self, job: str, fire_ts: float, outcome: str, count: int = 1) -> None:
-        pipe = self.client.pipeline(transaction=False)
+    def _record(self, job: str, fire_ts: float, outcome: str, count: int = 1, pipe: Any = None) -> None:
+        own = pipe is None
+        pipe = self.client.pipeline(transaction=False) if own else pipe
         pipe.set(self.keys.job_last_fire(job), repr(fire_ts))
         pipe.hincrby(self.keys.job_fire_stats(job), outcome, count)
-        pipe.execute()
+        if own:
+            pipe.execute()
 
     def catch_up(self, entry: Entry, now: float, term: int | None) -> str | None:
         """Apply ``entry.catch_up`` to its fire times in ``(cursor, now - grace]``; advance the entry.
@@ -153,7 +181,7 @@ class Firer:
         self.stats.missed(entry.name, policy, total, len(to_fire))
         outcome: str | None = None
         for ts in to_fire:
-            outcome = self.fire(entry, ts, term, now)
+            outcome = self.fire(entry, ts, term)
             if outcome in (FENCED, NOJOB):
                 return outcome
             entry.cursor = max(entry.cursor, ts)

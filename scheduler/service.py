@@ -159,35 +159,46 @@ class Scheduler:
     def _fire_due(self) -> None:
         now = time.time()
         term = self.election.term
-        due = sorted(
-            (e for e in self.table.entries.values() if e.next_fire is not None and not e.paused),
-            key=lambda e: e.next_fire or 0.0,
-        )
-        for entry in due:
-            while entry.next_fire is not None and entry.next_fire <= now:
-                if not self._may_fire():
+        # Missed fire times first, one job at a time (a catch-up may fire many).
+        for entry in self._due(now - MISFIRE_GRACE_S):
+            if not self._may_fire():
+                return
+            if not self._handled(entry, self.firer.catch_up(entry, now, term)):
+                return
+        # Then what is due now: every job sharing a fire time in one round trip.
+        while batch := self._due(now):
+            if not self._may_fire():
+                return
+            items = [(entry, entry.next_fire or 0.0) for entry in batch]
+            for (entry, fire_ts), outcome in zip(items, self.firer.fire_many(items, term), strict=True):
+                if not self._handled(entry, outcome):
                     return
-                outcome = self._fire_one(entry, now, term)
-                if outcome == FENCED:
-                    self.election.step_down()
-                    self._stepped_down()
-                    return
-                if outcome == NOJOB:
-                    self.table.entries.pop(entry.name, None)
-                    break
+                if outcome != NOJOB:
+                    entry.advance(fire_ts)
 
-    def _fire_one(self, entry: Entry, now: float, term: int | None) -> str | None:
-        fire_ts = entry.next_fire
-        assert fire_ts is not None
-        if fire_ts <= now - MISFIRE_GRACE_S:
-            return self.firer.catch_up(entry, now, term)
-        outcome = self.firer.fire(entry, fire_ts, term, time.time())
-        if outcome not in (FENCED, NOJOB):
-            entry.advance(fire_ts)
-        return outcome
+    def _due(self, until: float) -> list[Entry]:
+        due = [
+            e
+            for e in self.table.entries.values()
+            if e.next_fire is not None and not e.paused and e.next_fire <= until
+        ]
+        return sorted(due, key=lambda e: e.next_fire or 0.0)
+
+    def _handled(self, entry: Entry, outcome: str | None) -> bool:
+        """Act on a fire's outcome; False when firing must stop (this replica was fenced)."""
+        if outcome == FENCED:
+            log.warning("a newer leader term exists: stepping down")
+            self.election.step_down()
+            self._stepped_down()
+            return False
+        if outcome == NOJOB:
+            self.table.entries.pop(entry.name, None)
+        return True
 
     def _may_fire(self) -> bool:
         """Renew when due in the middle of firing; never fire without a surely held lease."""
+        if self._stopping:
+            return False
         if self.election.due_in() == 0:
             self._tick()
         return self.election.held
