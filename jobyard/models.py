@@ -5,9 +5,10 @@ Times are stored as epoch seconds (floats) and rendered as ISO 8601 UTC by ``as_
 
 from __future__ import annotations
 
+import copy
 import json
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -191,7 +192,11 @@ class Run:
 
     def as_api(self) -> dict[str, Any]:
         """The record as the HTTP API shows it: ISO times, no internal bookkeeping."""
-        out = asdict(self)
+        # A shallow copy plus copies of the mutable fields: dataclasses.asdict deep-copies field
+        # by field and was a third of the CPU of a batch enqueue.
+        out = {f.name: getattr(self, f.name) for f in _RUN_FIELDS}
+        out["args"] = list(self.args)
+        out["result"] = copy.deepcopy(self.result) if isinstance(self.result, dict | list) else self.result
         for name in _TIME_FIELDS:
             out[name] = iso(out[name])
         out["status"] = self.status.value
@@ -202,6 +207,9 @@ class Run:
         # Values a caller passed in env may be credentials: names only.
         out["env"] = sorted(self.env)
         return out
+
+
+_RUN_FIELDS = fields(Run)
 
 
 @dataclass
