@@ -6,7 +6,6 @@ Playwright Python package; Playwright's own browser downloads are never used.
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ from tests.conftest import IN_CI
 from tests.dashboard.system import System
 from tests.helpers import REPO, RedisServer
 
-CHROMIUM = os.environ.get("JOBYARD_TEST_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 ARTIFACTS = REPO / "test-artifacts"
 
@@ -37,7 +36,8 @@ def system(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     """One headless Chromium for the module."""
-    if not Path(CHROMIUM).exists() and shutil.which("chromium") is None:
+    executable = CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium")
+    if executable is None:
         message = f"{CHROMIUM} is missing (Debian package chromium)"
         if IN_CI:
             pytest.fail(message)
@@ -46,7 +46,7 @@ def browser() -> Iterator[Any]:
 
     playwright = sync_playwright().start()
     try:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        chromium = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
         yield chromium
         chromium.close()
     finally:

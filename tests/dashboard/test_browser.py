@@ -138,9 +138,15 @@ def test_deploy_from_the_page_run_it_and_watch_the_log_live(
     text = Path(download.value.path()).read_text()
     assert "INFO first line" in text and "ERR  second line" in text
 
+    first = admin.url.rsplit("/", 1)[1]
+    admin.click("form[data-when=terminal] button")  # Retry: a new run with the same arguments
+    expect(admin).not_to_have_url(re.compile(f"/runs/{first}$"))
+    expect(admin.locator(".facts")).to_contain_text(f"retry of {first}")
+    expect(admin.locator(".page-head [data-field=status]")).to_have_text("succeeded")  # the gate is open
+
     admin.click(".crumbs a[href='/jobs/greet']")
-    expect(admin.locator("#history-body tr")).to_have_count(1)
-    expect(admin.locator("#history-body .badge")).to_have_text("succeeded")
+    expect(admin.locator("#history-body tr")).to_have_count(2)
+    expect(admin.locator("#history-body tr").first).to_contain_text("retry")
     admin.screenshot(path=str(artifacts / "dashboard-job.png"), full_page=True)
     admin.goto("/")
     expect(admin.locator("tr[data-job=greet] [data-cell=status]")).to_have_text("succeeded")
@@ -382,3 +388,14 @@ def test_the_jobs_page_shows_schedules_in_cron_and_in_words(
     expect(admin.locator("tr[data-job=fails] [data-cell=status]")).to_have_text("failed")
     expect(admin.locator("tr[data-job=long] [data-cell=last_result]")).to_contain_text("cancelled")
     admin.screenshot(path=str(artifacts / "dashboard-jobs.png"), full_page=True)
+
+    admin.click("a[href='/jobs/nightly']")
+    admin.click("text=Pause schedule")
+    expect(admin.locator(".flash-ok")).to_contain_text("Paused the schedule of nightly")
+    assert system.http.get("/api/jobs/nightly").json()["paused"] is True
+    admin.goto("/")
+    expect(row.locator("[data-cell=next_fire]")).to_have_text("paused")
+    admin.click("a[href='/jobs/nightly']")
+    admin.click("text=Resume schedule")
+    expect(admin.locator(".flash-ok")).to_contain_text("Resumed the schedule of nightly")
+    assert system.http.get("/api/jobs/nightly").json()["paused"] is False
