@@ -27,6 +27,7 @@ Runs:
 - ``P:run:<id>:lease``         string: worker process id, PX lease while the run executes
 - ``P:job:<name>:runs``        zset run id -> enqueue ms: the job's history
 - ``P:job:<name>:active``      set of run ids queued or running (overlap checks, concurrency)
+- ``P:job:<name>:done``        zset run id -> end ms: finished runs, trimmed to ``history_size``
 - ``P:idem:<job>:<key>``       string: run id for an idempotency key (TTL)
 - ``P:job:<name>:slots``       zset run id -> lease expiry ms: runs holding one of the job's
                                ``max_concurrency`` slots (cluster-wide)
@@ -43,6 +44,10 @@ Cluster:
 - ``P:workers``                zset worker process id -> last seen ms
 - ``P:worker:<id>``            hash: instance_id, host, pid, slots, busy, started_at
 - ``P:tokens``                 hash sha256(token) -> token record JSON
+- ``P:audit``                  stream, capped: one entry per admin action (who, what, when, outcome;
+                               ``jobyard/audit.py``)
+- ``P:secrets:<name>``         hash KEY -> JSON with the Fernet token of a job's secret value
+                               (``jobyard/secrets.py``; names only ever leave it, never values)
 - ``P:leader``                 string: scheduler leader lease, value "<instance>:<pid>" (jobyard/lease.py)
 - ``P:leader:term``            counter: fencing token, raised on every new term
 - ``P:leader:info``            hash: instance, holder, term, since
@@ -144,6 +149,9 @@ class Keys:
     def job_active(self, name: str) -> str:
         return f"{self.prefix}:job:{name}:active"
 
+    def job_done(self, name: str) -> str:
+        return f"{self.prefix}:job:{name}:done"
+
     def job_slots(self, name: str) -> str:
         return f"{self.prefix}:job:{name}:slots"
 
@@ -186,6 +194,13 @@ class Keys:
     @property
     def tokens(self) -> str:
         return f"{self.prefix}:tokens"
+
+    @property
+    def audit(self) -> str:
+        return f"{self.prefix}:audit"
+
+    def job_secrets(self, name: str) -> str:
+        return f"{self.prefix}:secrets:{name}"
 
     @property
     def leader(self) -> str:

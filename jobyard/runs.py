@@ -179,6 +179,7 @@ def prepare_finish(
         keys.parked,
         keys.job(job),
         keys.wake,
+        keys.job_done(job),
     ]
     args = [
         "" if attempt is None else attempt,

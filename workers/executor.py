@@ -18,6 +18,7 @@ is kept on the run record, not in the message, because a worker death is invisib
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import time
@@ -250,7 +251,13 @@ class Executor:
             )
             return
         if status.terminal and job is not None:
-            final = ctx.retrying(lambda: ctx.store.get(run.id), "read the run")
+            # The record as just written, built here: the run may be trimmed from history already.
+            final = dataclasses.replace(run, status=status, ended_at=time.time())
+            for name, value in fields.items():
+                if value is not None and hasattr(final, name):
+                    setattr(final, name, value)
+            if mode == "deadletter":
+                final.dead_lettered_at = final.ended_at
             ctx.hooks.emit("after_finish", final, job)
             if mode == "deadletter":
                 ctx.hooks.emit("after_dead_letter", final, job)

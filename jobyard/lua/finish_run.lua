@@ -3,7 +3,7 @@
 --
 -- KEYS[1] run hash  KEYS[2] run lease  KEYS[3] job history zset  KEYS[4] job active set
 -- KEYS[5] dead letters zset  KEYS[6] job slots zset  KEYS[7] job parked list  KEYS[8] parked jobs set
--- KEYS[9] job hash  KEYS[10] wake list
+-- KEYS[9] job hash  KEYS[10] wake list  KEYS[11] job's finished runs zset (end ms), for trimming
 -- ARGV[1] expected attempt ("" = any)  ARGV[2] now (epoch s)  ARGV[3] new status
 -- ARGV[4] mode: "final" | "retry" | "requeue" | "deadletter"
 -- ARGV[5] history size  ARGV[6] key prefix (for trimming old runs)  ARGV[7] terminal statuses
@@ -64,16 +64,18 @@ if mode == "deadletter" then
   redis.call("zadd", KEYS[5], math.floor(tonumber(ARGV[2]) * 1000), redis.call("hget", KEYS[1], "id"))
 end
 
--- Keep the newest <history size> runs; never trim an active or dead-lettered one.
+-- Keep the newest <history size> finished runs (by end time) with their logs. Queued and running
+-- runs never count and are never trimmed, so a run that just ended is the last to go; a
+-- dead-lettered run leaves the count but keeps its record until its dead letter is purged.
+redis.call("zadd", KEYS[11], math.floor(tonumber(ARGV[2]) * 1000), run_id)
 local size = tonumber(ARGV[5])
-local count = redis.call("zcard", KEYS[3])
+local count = redis.call("zcard", KEYS[11])
 if count > size then
-  local old = redis.call("zrange", KEYS[3], 0, count - size - 1)
+  local old = redis.call("zrange", KEYS[11], 0, count - size - 1)
   for _, id in ipairs(old) do
-    local key = ARGV[6] .. ":run:" .. id
-    local st = redis.call("hget", key, "status")
-    if (not st) or (string.find(terminal, "," .. st .. ",", 1, true)
-        and not redis.call("zscore", KEYS[5], id)) then
+    redis.call("zrem", KEYS[11], id)
+    if not redis.call("zscore", KEYS[5], id) then
+      local key = ARGV[6] .. ":run:" .. id
       redis.call("del", key, key .. ":log", key .. ":lease")
       redis.call("zrem", KEYS[3], id)
     end

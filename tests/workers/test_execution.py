@@ -122,3 +122,16 @@ def test_a_redelivered_message_of_a_finished_run_is_dropped(
     )
     assert marker.read_text().count("x") == 1
     assert store.get(run_id).attempt == 1
+
+
+def test_history_counts_finished_runs_so_a_run_that_just_ended_stays_readable(deploy, store, workers) -> None:  # type: ignore[no-untyped-def]
+    deploy("burst", {"run.sh": "true\n"}, {"history_size": 3})
+    worker = workers(1)
+    # given: more runs queued at once than the history keeps
+    ids = [enqueue(store, "burst") for _ in range(8)]
+    # when they all run, each one is still there right after it ended
+    for rid in ids[-3:]:
+        wait_status(store, rid, {"succeeded"})
+    kept = {x.id for x in store.list_for_job("burst", limit=10)}
+    assert kept == set(ids[-3:])
+    assert "unexpected failure" not in worker.output()
