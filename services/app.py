@@ -25,6 +25,11 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 16 * 1024 * 1024
 _UPLOAD_PATH = re.compile(r"^/api/jobs/[^/]+$")
 
+
+def _is_upload(method: str, path: str) -> bool:
+    """Package uploads (API and dashboard form) stream past the JSON cap under their own limit."""
+    return (method == "PUT" and bool(_UPLOAD_PATH.match(path))) or (method == "POST" and path == "/jobs")
+
 DESCRIPTION = """\
 Deploy scripts, run them on demand, continuously or on a schedule, and watch them.
 
@@ -64,7 +69,7 @@ class BodyCap:
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or (scope["method"] == "PUT" and _UPLOAD_PATH.match(scope["path"])):
+        if scope["type"] != "http" or _is_upload(scope["method"], scope["path"]):
             await self.app(scope, receive, send)
             return
         for name, value in scope["headers"]:
