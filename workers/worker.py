@@ -52,6 +52,7 @@ from workers.runner import StopControl, StopReason
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 ORPHAN_CHECK_EVERY = 5  # heartbeats
+DEAD_LETTER_SWEEP_EVERY = 30  # heartbeats
 
 
 class Worker:
@@ -281,10 +282,37 @@ class Worker:
                 reap_orphans(self.pid_dir)
             try:
                 self._beat()
+                if beats % DEAD_LETTER_SWEEP_EVERY == 0:
+                    self._expire_dead_letters()
             except CONNECTION_ERRORS as exc:
                 log.warning("heartbeat failed: Redis unreachable (%s)", exc)
             except Exception:
                 log.exception("heartbeat failed")
+
+    def _expire_dead_letters(self) -> None:
+        """Purge dead letters older than ``dead_letter_ttl_seconds`` with their run records and logs.
+
+        dramatiq's maintenance purges its own copy of the message after the same time; this purges
+        ours, which the dead-letter list is made from. Any worker may do it: it is idempotent.
+        """
+        k = self.keys
+        cutoff = int((time.time() - self.settings.dead_letter_ttl_seconds) * 1000)
+        old: list[bytes] = list(self.client.zrangebyscore(k.dead_letters, "-inf", cutoff, start=0, num=100))
+        if not old:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for raw in old:
+            pipe.hget(k.run(raw.decode()), "job")
+        jobs = pipe.execute()
+        pipe = self.client.pipeline(transaction=False)
+        for raw, job in zip(old, jobs, strict=True):
+            run_id = raw.decode()
+            pipe.zrem(k.dead_letters, run_id)
+            pipe.delete(k.run(run_id), k.run_log(run_id))
+            if job:
+                pipe.zrem(k.job_runs(job.decode()), run_id)
+        pipe.execute()
+        log.info("purged %d dead letters older than %.0f s", len(old), self.settings.dead_letter_ttl_seconds)
 
     def _beat(self) -> None:
         k = self.keys

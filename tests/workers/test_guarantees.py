@@ -175,3 +175,16 @@ def test_strict_priority_high_then_normal_then_low(deploy, store, workers, tmp_p
         wait_status(store, rid, {"succeeded"})
     got = order.read_text().split()
     assert got == ["high"] + [f"normal{i}" for i in range(5)] + [f"low{i}" for i in range(30)]
+
+
+def test_dead_letters_are_kept_for_their_ttl_then_purged(deploy, store, workers, r) -> None:  # type: ignore[no-untyped-def]
+    deploy("doomed", {"run.sh": "exit 1\n"})
+    workers(1, JOBYARD_DEAD_LETTER_TTL_SECONDS="2", JOBYARD_HEARTBEAT_INTERVAL_SECONDS="0.1")
+    run_id = enqueue(store, "doomed")
+    wait_status(store, run_id, {"failed"})
+    k = Keys()
+    assert r.zscore(k.dead_letters, run_id) is not None
+    # after the TTL (2 s) a sweep (every 30 heartbeats: 3 s) purges the dead letter and its record
+    wait_until(lambda: r.zscore(k.dead_letters, run_id) is None, timeout=15, what="the dead letter to expire")
+    assert not r.exists(k.run(run_id)) and not r.exists(k.run_log(run_id))
+    assert r.zscore(k.job_runs("doomed"), run_id) is None
