@@ -1,0 +1,1 @@
+"""``make bench``: jobyard's throughput, latency and recovery next to same-run baselines (not a test)."""
