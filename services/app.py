@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from jobyard import __version__
 from jobyard.errors import PayloadTooLarge
 from jobyard.settings import Settings
-from services import errors, routes
+from services import audit_middleware, errors, routes, security_headers
 from services.deps import Ctx
 
 log = logging.getLogger(__name__)
@@ -130,6 +130,8 @@ def create_app(settings: Settings) -> FastAPI:
     for name, router in discover_routers():
         app.include_router(router)
         log.debug("included router services.routes.%s", name)
+    audit_middleware.install(app)
+    security_headers.install(app)  # outside the audit and the routes: it may rewrite the scheme
     _install_request_metrics(app)
     return app
 

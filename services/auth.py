@@ -150,6 +150,7 @@ class Authenticator:
                 "'jobyard token create --role viewer|operator|admin'",
             )
         if not principal.allows(needed):
+            conn.scope.setdefault("state", {})["principal"] = principal  # the audit log names who was refused
             raise Forbidden(
                 f"a {principal.role} token may not do this",
                 f"this needs the {needed} role (roles: viewer < operator < admin)",

@@ -22,6 +22,7 @@ from jobyard.keys import Keys
 from jobyard.redis_conn import connect, connect_async
 from jobyard.scripts import Scripts
 from jobyard.settings import Settings
+from services.audit_middleware import note_actor
 from services.auth import Authenticator, Principal
 from services.store import AsyncRunStore
 
@@ -102,7 +103,10 @@ class RoleBearer(HTTPBearer):
         self.role = role
 
     async def __call__(self, request: Request) -> Principal:  # type: ignore[override]
-        return await get_ctx(request).auth.authenticate(request, self.role)
+        note_actor(request.scope, self.role)  # for the audit log (services/audit_middleware.py)
+        principal = await get_ctx(request).auth.authenticate(request, self.role)
+        note_actor(request.scope, self.role, principal)
+        return principal
 
 
 require_viewer = RoleBearer("viewer")  # read

@@ -114,6 +114,13 @@ async def _jobyard_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    if request.url.path.startswith("/api/"):
+        # FastAPI parses a JSON body before any dependency runs: a caller without a valid token
+        # must still get 401 (or 429), not a 422 describing the endpoint.
+        try:
+            await request.app.state.ctx.auth.authenticate(request, "viewer")
+        except (errors.Unauthorized, errors.RateLimited) as auth_error:
+            return await _jobyard_error(request, auth_error)
     problems = []
     for item in exc.errors():
         problems.append(

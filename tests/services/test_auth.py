@@ -94,6 +94,14 @@ def test_every_route_needs_a_token_and_the_right_role(
             assert response.status_code not in (401, 403, 500), (response.status_code, response.text)
 
 
+def test_a_malformed_body_without_a_token_is_401_not_422(api: Api, role_tokens: Tokens) -> None:
+    json_type = {"content-type": "application/json"}
+    with httpx.Client(base_url=api.url, timeout=10) as client:
+        error_shape(client.post("/api/runs/batch", content=b"{nope", headers=json_type), 401)
+        authed = {**json_type, "Authorization": f"Bearer {role_tokens.viewer}"}
+        error_shape(client.post("/api/runs/batch", content=b"{nope", headers=authed), 422)
+
+
 def test_probes_and_docs_need_no_token(api: Api) -> None:
     with httpx.Client(base_url=api.url, timeout=10) as client:
         assert client.get("/healthz").json() == {"status": "ok"}
