@@ -46,6 +46,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.cron.fields import MAX_VALUES, MIN_VALUES
+from cron_descriptor import ExpressionDescriptor, Options
 
 from jobyard.errors import InvalidInput
 
@@ -308,8 +309,6 @@ def fire_times_between(trigger: CronTrigger, start: datetime, end: datetime, lim
 
 def describe(expr: str, timezone: str | None = None) -> str:
     """The schedule in words for people ("Every 5 minutes"), with the zone when not UTC."""
-    from cron_descriptor import ExpressionDescriptor, Options
-
     values = split_fields(expr)
     options = Options()
     options.use_24hour_time_format = True

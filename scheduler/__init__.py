@@ -3,7 +3,8 @@
 Run any number of replicas (``jobyard scheduler``); one holds the leader lease at a time
 (``scheduler/election.py`` on ``jobyard/lease.py``) and fires (``scheduler/service.py``).
 
-APScheduler 3.11.x is used for fire-time arithmetic only (``CronTrigger`` fields, through
+APScheduler 3.11.x (pinned ``>=3.11.2,<4``: 3.11.1/3.11.2 fixed CronTrigger DST bugs, and 4.0 is
+an alpha) is used for fire-time arithmetic only (``CronTrigger`` fields, through
 ``jobyard/cron.py``), with our own loop, not its ``BackgroundScheduler``:
 
 - exactly once needs each fire's *nominal* time in the ``P:fire:<job>:<ts>`` key and the run's

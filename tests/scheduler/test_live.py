@@ -7,12 +7,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import redis
 
 from jobyard import tokens
 from jobyard.deploy import delete_job, update_settings
 from jobyard.models import Job
-from tests.helpers import wait_until
+from tests.helpers import free_port, wait_until
 from tests.scheduler.conftest import (
     KEYS,
     Replicas,
@@ -148,3 +149,21 @@ def test_pause_and_resume_through_the_api(
         check_exactly_once(r, "tick")
     finally:
         api.role.stop()
+
+
+def test_readyz_for_leader_and_standby(r: redis.Redis, replicas: Callable[..., Replicas]) -> None:
+    ports = [free_port(), free_port()]
+    leader_group = replicas(JOBYARD_METRICS_PORT=str(ports[0]))
+    leader_group.start(1)
+    leader_group.wait_leader(r)
+    standby_group = replicas(JOBYARD_METRICS_PORT=str(ports[1]))
+    standby_group.start(1)
+
+    def ready(port: int) -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(lambda: ready(ports[0]) and ready(ports[1]), timeout=10, what="leader and standby ready")
+    assert leader_group.leader(r) is leader_group.roles[0]
