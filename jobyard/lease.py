@@ -81,6 +81,7 @@ class Lease:
 
     @property
     def ttl_ms(self) -> int:
+        """The lease time in milliseconds, as ``PX`` takes it."""
         return max(1, int(self.ttl_s * 1000))
 
     @property

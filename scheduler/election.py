@@ -57,6 +57,7 @@ class Election:
 
     @property
     def term(self) -> int | None:
+        """The fencing term while leader, else None."""
         return self.lease.term if self.leader else None
 
     @property

@@ -30,6 +30,7 @@ def serve(settings: Settings) -> int:
     scheduler = build(settings)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
+        """Ask the loop to stop (it releases the lease on the way out)."""
         del frame
         log.info("received %s: releasing the lease and stopping", signal.Signals(signum).name)
         scheduler.stop()

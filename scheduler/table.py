@@ -46,10 +46,12 @@ class Entry:
 
     @property
     def name(self) -> str:
+        """The job's name."""
         return self.job.name
 
     @property
     def paused(self) -> bool:
+        """Whether the job's schedule is paused."""
         return bool(self.job.paused)
 
     def advance(self, fire_ts: float) -> None:
