@@ -270,7 +270,14 @@ def delete_job(client: redis.Redis, keys: Keys, name: str) -> None:
                 pipe.watch(*store.watch_keys(job.package))
                 refs = set(pipe.smembers(keys.package_refs(job.package)))
                 pipe.multi()
-                pipe.delete(kjob, kruns, keys.job_done(name), keys.job_instances(name))
+                pipe.delete(
+                    kjob,
+                    kruns,
+                    keys.job_done(name),
+                    keys.job_instances(name),
+                    keys.job_last_fire(name),
+                    keys.job_fire_stats(name),
+                )
                 pipe.srem(keys.jobs, name)
                 for run_id in terminal:
                     pipe.delete(keys.run(run_id), keys.run_log(run_id), keys.run_lease(run_id))
