@@ -20,6 +20,7 @@ from jobyard.settings import Settings, get_settings
 
 MAX_SETTINGS_BYTES = 256 * 1024
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ACCOUNT_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 RESERVED_ENV_PREFIXES = ("JOBYARD_", "WEBJOBS_")
 DEFAULT_RETRY_BACKOFF = {"min": 1.0, "max": 300.0}
 
@@ -73,6 +74,8 @@ class JobSettings(BaseModel):
     max_open_files: int | None = Field(None, gt=0)
     max_processes: int | None = Field(None, gt=0)
     max_output_mb: float | None = Field(None, gt=0, allow_inf_nan=False)
+    # The account its scripts run as on the workers (deploy and settings changes are admin-only).
+    run_as: str | None = None
 
     @field_validator("timezone")
     @classmethod
@@ -113,6 +116,17 @@ class JobSettings(BaseModel):
             raise ValueError(
                 f"{value!r} must be a relative path inside the package, with '/' and no '..'"
             ) from exc
+
+    @field_validator("run_as")
+    @classmethod
+    def _run_as(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not ACCOUNT_RE.match(value):
+            raise ValueError(f"{value[:40]!r} is not an account name (a-z, 0-9, '_', '-'; at most 32)")
+        if value == "root":
+            raise ValueError("scripts never run as root by request: name an unprivileged account")
+        return value
 
     @field_validator("env")
     @classmethod

@@ -28,6 +28,7 @@ EXTRA_KNOWN_ENV = {
     "JOBYARD_SHUTDOWN_FILE",
     "JOBYARD_RESULT_FILE",
     "JOBYARD_PORT",
+    "JOBYARD_OLD_SECRET_KEY",  # read by `jobyard secrets rotate`
 }
 
 
@@ -52,6 +53,19 @@ class Settings(BaseSettings):
     redis_sentinel_password: SecretStr = SecretStr("")
     redis_prefix: str = "jobyard"
     redis_connect_timeout_seconds: float = 30.0
+    # TLS and ACL users (jobyard/redis_conn.py): rediss:// URLs take the certificate settings;
+    # Sentinel mode uses TLS to the master with redis_ssl (and to the sentinels with
+    # redis_sentinel_ssl). A username or password in the URL wins over these.
+    redis_username: str = ""
+    redis_password: SecretStr = SecretStr("")
+    redis_ssl: bool = False
+    redis_ssl_ca_certs: str = ""
+    redis_ssl_certfile: str = ""
+    redis_ssl_keyfile: str = ""
+    redis_ssl_cert_reqs: str = "required"  # required | optional | none
+    redis_ssl_check_hostname: bool = True
+    redis_sentinel_username: str = ""
+    redis_sentinel_ssl: bool = False
 
     # Identity and storage
     data_dir: Path = Field(default_factory=_default_data_dir)
@@ -64,6 +78,11 @@ class Settings(BaseSettings):
     callback_secret: SecretStr = SecretStr("")
     auth_failures_per_minute: int = 100
     trusted_proxies: str = ""  # comma-separated addresses whose X-Forwarded-For is believed
+    https_redirect: bool = False  # answer plain-http requests (but probes) with a redirect to https
+    hsts_seconds: int = 0  # > 0: Strict-Transport-Security max-age on https answers
+    audit_max_events: int = 100_000  # the audit stream is trimmed to about this many entries
+    # Fernet key(s) or passphrase(s) for job secrets, newest first (jobyard/secrets.py).
+    secret_key: SecretStr = SecretStr("")
     max_package_bytes: int = 100 * 1024 * 1024
     max_unpacked_bytes: int = 1024 * 1024 * 1024
     max_unpack_ratio: float = 200.0
@@ -87,7 +106,13 @@ class Settings(BaseSettings):
     max_line_bytes: int = 64 * 1024
     max_result_bytes: int = 64 * 1024
     python: str = ""  # interpreter for .py jobs; default: the worker's own
-    run_as: str = ""
+    run_as: str = ""  # account scripts run as (the worker must be root); settings.job run_as wins
+    # Limits of every run whose settings.job does not set them (workers/limits.py); unset: none.
+    default_max_memory_mb: float | None = None
+    default_max_cpu_seconds: float | None = None
+    default_max_open_files: int | None = None
+    default_max_processes: int | None = None
+    cgroups: str = "auto"  # auto: use cgroup v2 or v1 where writable; off: rlimits only
     run_env_passthrough: str = "PATH,LANG,LC_ALL,TZ"
     max_worker_deaths: int = 3
     # Strict priority starves low runs under a steady high stream; > 0 lets a waiting run rise one
@@ -110,6 +135,20 @@ class Settings(BaseSettings):
     def _log_format(cls, value: str) -> str:
         if value not in ("text", "json"):
             raise ValueError("JOBYARD_LOG_FORMAT must be 'text' or 'json'")
+        return value
+
+    @field_validator("cgroups")
+    @classmethod
+    def _cgroups(cls, value: str) -> str:
+        if value not in ("auto", "off"):
+            raise ValueError("JOBYARD_CGROUPS must be 'auto' or 'off'")
+        return value
+
+    @field_validator("redis_ssl_cert_reqs")
+    @classmethod
+    def _cert_reqs(cls, value: str) -> str:
+        if value not in ("required", "optional", "none"):
+            raise ValueError("JOBYARD_REDIS_SSL_CERT_REQS must be 'required', 'optional' or 'none'")
         return value
 
     @property

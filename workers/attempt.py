@@ -7,6 +7,7 @@ import logging
 import os
 import shlex
 import signal
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 from jobyard.errors import JobyardError
 from jobyard.models import Job, Run, RunStatus
 from jobyard.runs import LOG_SYS
+from jobyard.secrets import load_for_run
+from workers.confinement import Confinement
 from workers.environment import RunPaths, build_env
 from workers.output import RunLog
 from workers.runner import AttemptOutcome, ScriptRunner, StopControl, StopReason
@@ -116,23 +119,38 @@ def run_attempt(
     control = control or StopControl()
     ctx.register(run.id, control, job)
     workdir: Path | None = None
+    conf: Confinement | None = None
+    in_place = js.in_place
     try:
         for d in (paths.data, paths.tmp, paths.home):
             d.mkdir(parents=True, exist_ok=True)
         try:
+            conf = Confinement.for_attempt(s, job.settings, base)
+            in_place = js.in_place and conf.account is None  # the package cache is shared: never hand it over
             package_root = ctx.cache.extracted(job.package)
-            workdir = package_root if js.in_place else paths.workdir
-            if not js.in_place:
+            workdir = package_root if in_place else paths.workdir
+            if not in_place:
                 ctx.working_copy(package_root, workdir)
             entry = ctx.entry_for(job, package_root, js.entry)
             argv = [*ctx.command_for(workdir, entry), *run.args]
+            secrets = ctx.retrying(lambda: load_for_run(ctx.client, ctx.keys, s, job.name), "read secrets")
+            conf.prepare(
+                s.data_dir,
+                workdir=None if in_place else workdir,
+                attempt_dir=paths.attempt_dir,
+                home=paths.home,
+                tmp=paths.tmp,
+                data=paths.data,
+                result_file=paths.result_file,
+            )
         except (JobyardError, OSError) as exc:
             message = getattr(exc, "message", None) or str(exc)
             runlog.add(LOG_SYS, f"attempt {run.attempt} could not start: {message}")
             return AttemptResult(
                 RunStatus.FAILED, js, runlog.take_pending(), error=message, package=job.package
             )
-        env = build_env(s, job, run, paths, job_env=js.env, extra=extra_env)
+        env = {**build_env(s, job, run, paths, job_env=js.env, extra=extra_env), **secrets}
+        runlog.mask(secrets.values())
         runner = ScriptRunner(
             argv,
             cwd=workdir,
@@ -145,37 +163,48 @@ def run_attempt(
             max_line_bytes=s.max_line_bytes,
             max_result_bytes=s.max_result_bytes,
             control=control,
+            preexec=conf.preexec,
         )
         runlog.add(
             LOG_SYS,
             f"attempt {run.attempt} on {s.instance_id} (worker pid {ctx.pid}): {shlex.join(argv)}",
         )
+        runlog.add(LOG_SYS, conf.describe())
         if ctx.stopping:
             control.request(StopReason.SHUTDOWN)
         try:
             pid = runner.start()
-        except OSError as exc:
-            message = f"could not start {argv[0]}: {exc.strerror or exc}"
+        except (OSError, subprocess.SubprocessError) as exc:
+            message = f"could not start {argv[0]}: {getattr(exc, 'strerror', None) or exc}"
             runlog.add(LOG_SYS, message)
             return AttemptResult(
                 RunStatus.FAILED, js, runlog.take_pending(), error=message, package=job.package
             )
+        conf.started(pid)
         ctx.track_process(run.id, pid)
         ctx.hooks.emit("after_start", run, job, pid)
         try:
             outcome = runner.wait()
         finally:
             ctx.untrack_process(run.id)
-        return _judge(run, js, runlog, outcome, job.package)
+        limit_error = conf.finish(outcome.exit_code, [*runlog.error_tail, *runlog.last_lines])
+        return _judge(run, js, runlog, outcome, job.package, limit_error)
     finally:
         ctx.unregister(run.id)
-        if workdir is not None and not js.in_place:
+        if conf is not None:
+            conf.close()
+        if workdir is not None and not in_place:
             ctx.remove_tree(workdir)
         ctx.remove_tree(paths.attempt_dir)
 
 
 def _judge(
-    run: Run, js: JobRunSettings, runlog: RunLog, outcome: AttemptOutcome, package: str
+    run: Run,
+    js: JobRunSettings,
+    runlog: RunLog,
+    outcome: AttemptOutcome,
+    package: str,
+    limit_error: str | None = None,
 ) -> AttemptResult:
     """Turn the process outcome into a run status and an error text."""
     code = outcome.exit_code
@@ -194,6 +223,8 @@ def _judge(
         status, error = RunStatus.CANCELLED, f"cancelled while running ({describe_exit(code)})"
     elif reason is StopReason.TIMEOUT:
         status, error = RunStatus.TIMED_OUT, f"timed out after {js.timeout_s:g} s ({describe_exit(code)})"
+    elif limit_error:
+        status, error = RunStatus.FAILED, f"{limit_error} ({describe_exit(code)})"
     elif code == 0:
         status = RunStatus.SUCCEEDED
     else:
@@ -202,6 +233,8 @@ def _judge(
         error = describe_exit(code) + (f": {tail}" if tail else "")
         error = error[:2000]
     end = f"{describe_exit(code)} {took}: {'interrupted' if interrupted else status.value}"
+    if limit_error:
+        end += f" ({limit_error})"
     if runlog.truncated:
         end += f" ({runlog.dropped_bytes} bytes of output over the cap were not stored)"
     runlog.add(LOG_SYS, end)

@@ -300,7 +300,9 @@ def _detect_v2(mounts: list[Mount], own: dict[str, str]) -> CgroupHost:
         parent.mkdir(exist_ok=True)
         _write(parent / "cgroup.subtree_control", " ".join(f"+{c}" for c in V2_NEEDED))
     except OSError as exc:
-        return CgroupHost(0, {}, f"cgroup v2 at {base} is not delegated to this worker: {exc.strerror or exc}")
+        return CgroupHost(
+            0, {}, f"cgroup v2 at {base} is not delegated to this worker: {exc.strerror or exc}"
+        )
     return CgroupHost(2, {"unified": parent})
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from jobyard.runs import LOG_ERR, LOG_SYS
@@ -18,6 +18,7 @@ from jobyard.runs import LOG_ERR, LOG_SYS
 FLUSH_LINES = 200
 FLUSH_INTERVAL_S = 0.05
 ERROR_TAIL_LINES = 10
+MIN_MASK_CHARS = 4  # shorter values would mask ordinary text; the docs say to use longer secrets
 
 
 class LineSplitter:
@@ -72,11 +73,20 @@ class RunLog:
         self.first_pending_at = 0.0
         self.error_tail: deque[str] = deque(maxlen=ERROR_TAIL_LINES)
         self.last_lines: deque[str] = deque(maxlen=ERROR_TAIL_LINES)
+        self.masks: tuple[str, ...] = ()
+
+    def mask(self, values: Iterable[str]) -> None:
+        """Print ``***`` instead of any of ``values`` (the run's secrets; each line of one, 4+ chars)."""
+        parts = {p for v in values for p in v.splitlines() if len(p) >= MIN_MASK_CHARS}
+        self.masks = tuple(sorted(parts, key=len, reverse=True))  # longest first: no partial leftovers
 
     def add(self, stream: str, raw: bytes | str, now: float | None = None) -> None:
         """Record one line from ``stream`` (INFO, ERR or SYS)."""
         text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
         text = text.replace("\x00", "\ufffd")
+        for secret in self.masks:
+            if secret in text:
+                text = text.replace(secret, "***")
         if stream == LOG_ERR:
             self.error_tail.append(text)
         if stream != LOG_SYS:

@@ -17,6 +17,7 @@ import json
 import os
 import selectors
 import signal
+import stat
 import subprocess
 import threading
 import time
@@ -221,13 +222,23 @@ class ScriptRunner:
         )
 
     def _read_result(self) -> tuple[Any, str | None]:
+        # The script may have made the file a link (to what only the worker may read) or a FIFO
+        # (to block the worker): open neither, and read at most the cap.
         try:
-            size = self.result_file.stat().st_size
+            fd = os.open(self.result_file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             return None, None
-        if size > self.max_result_bytes:
-            return None, f"result file ignored: {size} bytes is over the {self.max_result_bytes} byte cap"
+        except OSError as exc:
+            return None, f"result file ignored: {exc.strerror} (it must be a regular file)"
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return None, "result file ignored: not a regular file"
+            size = st.st_size
+            if size > self.max_result_bytes:
+                return None, f"result file ignored: {size} bytes is over the {self.max_result_bytes} byte cap"
+            data = f.read(self.max_result_bytes + 1)
         try:
-            return json.loads(self.result_file.read_bytes() or b"null"), None
+            return json.loads(data or b"null"), None
         except (ValueError, UnicodeDecodeError) as exc:
             return None, f"result file ignored: not JSON ({exc})"

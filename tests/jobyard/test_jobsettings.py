@@ -34,6 +34,7 @@ FULL: dict[str, Any] = {
     "max_open_files": 256,
     "max_processes": 32,
     "max_output_mb": 5,
+    "run_as": "jobs",
 }
 
 
