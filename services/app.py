@@ -30,6 +30,7 @@ def _is_upload(method: str, path: str) -> bool:
     """Package uploads (API and dashboard form) stream past the JSON cap under their own limit."""
     return (method == "PUT" and bool(_UPLOAD_PATH.match(path))) or (method == "POST" and path == "/jobs")
 
+
 DESCRIPTION = """\
 Deploy scripts, run them on demand, continuously or on a schedule, and watch them.
 
