@@ -251,12 +251,17 @@ class RunStore:
         return Run.from_hash(data)
 
     def list_for_job(self, job: str, limit: int = 50, before: str | None = None) -> list[Run]:
-        """A job's runs, newest first; ``before`` is a run id (exclusive) to page from."""
-        hi: str = "+inf"
+        """A job's runs, newest first; ``before`` is a run id (exclusive) to page from.
+
+        Pages by rank, not by score, so runs enqueued in the same millisecond (a batch) are kept
+        apart (the API's asyncio store pages the same way).
+        """
+        key = self.keys.job_runs(job)
         if before:
-            score = self.r.zscore(self.keys.job_runs(job), before)
-            hi = f"({int(score)}" if score is not None else "+inf"
-        ids = self.r.zrevrangebyscore(self.keys.job_runs(job), hi, "-inf", start=0, num=limit)
+            rank = self.r.zrevrank(key, before)
+            ids = [] if rank is None else self.r.zrevrange(key, rank + 1, rank + limit)
+        else:
+            ids = self.r.zrevrange(key, 0, limit - 1)
         pipe = self.r.pipeline(transaction=False)
         for rid in ids:
             pipe.hgetall(self.keys.run(rid.decode()))

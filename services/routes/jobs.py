@@ -64,7 +64,7 @@ class JobList(BaseModel):
 
 def instances_key(ctx: Ctx, name: str) -> str:
     """Where the supervisor keeps a continuous job's live instances (hash instance -> JSON)."""
-    return f"{ctx.keys.prefix}:job:{name}:instances"
+    return ctx.keys.job_instances(name)
 
 
 def schedule_view(job: Job, now: datetime | None = None) -> dict[str, Any] | None:
