@@ -1,9 +1,17 @@
-"""Connecting to Redis: a URL or Sentinel, sync or asyncio, with a bounded wait at start-up."""
+"""Connecting to Redis: a URL or Sentinel, sync or asyncio, with a bounded wait at start-up.
+
+Every role connects through here, so TLS and ACL users work everywhere alike: a ``rediss://``
+URL (or ``JOBYARD_REDIS_SSL`` for a Sentinel-managed master, ``JOBYARD_REDIS_SENTINEL_SSL`` for
+the sentinels) verifies the server against ``JOBYARD_REDIS_SSL_CA_CERTS`` and presents the
+client certificate ``JOBYARD_REDIS_SSL_CERTFILE``/``_KEYFILE`` when given; an ACL user comes from
+the URL (``rediss://user:password@host:6380/0``) or ``JOBYARD_REDIS_USERNAME``/``_PASSWORD``.
+"""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 import redis.asyncio as aioredis
@@ -49,21 +57,70 @@ def _common(settings: Settings) -> dict[str, Any]:
     }
 
 
+def _tls(settings: Settings) -> dict[str, Any]:
+    """redis-py's ssl_* arguments from JOBYARD_REDIS_SSL_* (CA bundle, client certificate)."""
+    out: dict[str, Any] = {
+        "ssl_cert_reqs": settings.redis_ssl_cert_reqs,
+        "ssl_check_hostname": settings.redis_ssl_check_hostname and settings.redis_ssl_cert_reqs != "none",
+    }
+    for name in ("ca_certs", "certfile", "keyfile"):
+        value = getattr(settings, f"redis_ssl_{name}")
+        if value:
+            out[f"ssl_{name}"] = value
+    return out
+
+
+def _credentials(username: str, password: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if username:
+        out["username"] = username
+    if password:
+        out["password"] = password
+    return out
+
+
+def _url_kwargs(settings: Settings, url: str) -> dict[str, Any]:
+    """Username, password and TLS arguments the URL does not carry itself (the URL wins)."""
+    parsed = urlsplit(url)
+    out = _credentials(
+        "" if parsed.username else settings.redis_username,
+        "" if parsed.password else settings.redis_password.get_secret_value(),
+    )
+    if parsed.scheme == "rediss":
+        out.update(_tls(settings))
+    return out
+
+
+def _sentinel_kwargs(settings: Settings, socket_timeout: float | None) -> dict[str, Any]:
+    out = _credentials(settings.redis_sentinel_username, settings.redis_sentinel_password.get_secret_value())
+    out["socket_timeout"] = socket_timeout
+    if settings.redis_sentinel_ssl:
+        out.update(ssl=True, **_tls(settings))
+    return out
+
+
+def _master_kwargs(settings: Settings) -> dict[str, Any]:
+    out = _credentials(settings.redis_username, settings.redis_password.get_secret_value())
+    if settings.redis_ssl:
+        out.update(ssl=True, **_tls(settings))
+    return out
+
+
 def connect(settings: Settings, *, socket_timeout: float | None = 10.0) -> redis.Redis:
     """A synchronous client for the configured Redis (URL or Sentinel master)."""
     common = _common(settings)
     if settings.sentinels:
         sentinel = Sentinel(
             settings.sentinels,
-            sentinel_kwargs={"password": settings.redis_sentinel_password.get_secret_value() or None},
+            sentinel_kwargs=_sentinel_kwargs(settings, socket_timeout),
             socket_timeout=socket_timeout,
         )
         master: redis.Redis = sentinel.master_for(
-            settings.redis_master_name, socket_timeout=socket_timeout, **common
+            settings.redis_master_name, socket_timeout=socket_timeout, **_master_kwargs(settings), **common
         )
         return master
     url = settings.redis_url.get_secret_value() or "redis://127.0.0.1:6379/0"
-    return redis.Redis.from_url(url, socket_timeout=socket_timeout, **common)
+    return redis.Redis.from_url(url, socket_timeout=socket_timeout, **_url_kwargs(settings, url), **common)
 
 
 def connect_async(settings: Settings, *, socket_timeout: float | None = 10.0) -> aioredis.Redis:
@@ -73,15 +130,15 @@ def connect_async(settings: Settings, *, socket_timeout: float | None = 10.0) ->
     if settings.sentinels:
         sentinel = AsyncSentinel(
             settings.sentinels,
-            sentinel_kwargs={"password": settings.redis_sentinel_password.get_secret_value() or None},
+            sentinel_kwargs=_sentinel_kwargs(settings, socket_timeout),
             socket_timeout=socket_timeout,
         )
         amaster: aioredis.Redis = sentinel.master_for(
-            settings.redis_master_name, socket_timeout=socket_timeout, **common
+            settings.redis_master_name, socket_timeout=socket_timeout, **_master_kwargs(settings), **common
         )
         return amaster
     url = settings.redis_url.get_secret_value() or "redis://127.0.0.1:6379/0"
-    return aioredis.Redis.from_url(url, socket_timeout=socket_timeout, **common)
+    return aioredis.Redis.from_url(url, socket_timeout=socket_timeout, **_url_kwargs(settings, url), **common)
 
 
 def wait_for_redis(client: redis.Redis, settings: Settings) -> None:
@@ -92,7 +149,7 @@ def wait_for_redis(client: redis.Redis, settings: Settings) -> None:
 
     @retry(
         retry=retry_if_exception_type(CONNECTION_ERRORS),
-        wait=wait_exponential_jitter(initial=0.2, max=3.0),
+        wait=wait_exponential_jitter(multiplier=0.2, max=3.0),
         stop=stop_after_delay(settings.redis_connect_timeout_seconds),
         before_sleep=before_sleep_log(log, logging.WARNING),
         reraise=True,
@@ -108,3 +165,51 @@ def wait_for_redis(client: redis.Redis, settings: Settings) -> None:
             f"{settings.redis_connect_timeout_seconds:g} s: {exc}",
             "check JOBYARD_REDIS_URL (or JOBYARD_REDIS_SENTINELS) and that Redis is running",
         ) from exc
+
+
+def _wait_probe(settings: Settings) -> tuple[str, int, int]:
+    return (
+        f"{settings.redis_prefix}:replication",
+        settings.redis_wait_replicas,
+        max(1, int(settings.redis_wait_timeout_seconds * 1000)),
+    )
+
+
+def _check_acked(acked: int, settings: Settings) -> int:
+    if acked < settings.redis_wait_replicas:
+        raise Unavailable(
+            f"only {acked} of {settings.redis_wait_replicas} Redis replicas confirmed the write within "
+            f"{settings.redis_wait_timeout_seconds:g} s; a failover now could lose it",
+            "retry with the same idempotency key (it returns the run if it was kept); "
+            "check the replicas, or lower JOBYARD_REDIS_WAIT_REPLICAS",
+        )
+    return acked
+
+
+def wait_for_replicas(client: redis.Redis, settings: Settings) -> int:
+    """Block until ``JOBYARD_REDIS_WAIT_REPLICAS`` replicas hold every write this process was answered for.
+
+    Returns how many confirmed (0 when the setting is off); raises ``Unavailable`` when fewer
+    did within ``JOBYARD_REDIS_WAIT_TIMEOUT_SECONDS``. WAIT only counts the writes of its own
+    connection, and a pool may hand it another one: so a replicated no-op (PUBLISH on
+    ``P:replication``, which nobody subscribes to) goes first on the same pipelined connection;
+    replication is one ordered stream, so replicas that confirm it hold every earlier write.
+    """
+    channel, n, timeout_ms = _wait_probe(settings)
+    if n <= 0:
+        return 0
+    pipe = client.pipeline(transaction=False)
+    pipe.publish(channel, b"")
+    pipe.wait(n, timeout_ms)
+    return _check_acked(int(pipe.execute()[-1]), settings)
+
+
+async def wait_for_replicas_async(client: aioredis.Redis, settings: Settings) -> int:
+    """``wait_for_replicas`` on an asyncio client (the API, after an enqueue)."""
+    channel, n, timeout_ms = _wait_probe(settings)
+    if n <= 0:
+        return 0
+    pipe = client.pipeline(transaction=False)
+    pipe.publish(channel, b"")
+    pipe.wait(n, timeout_ms)
+    return _check_acked(int((await pipe.execute())[-1]), settings)

@@ -26,6 +26,9 @@ except ImportError:  # pragma: no cover - during development only
     commands = None  # type: ignore[assignment]
 if commands is not None:
     commands.register(cli)
+from jobyard.cli import secrets as _secrets  # noqa: E402 - registered after the client commands
+
+_secrets.register(cli)
 
 
 def main() -> None:
