@@ -137,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         section("g", "10 % failing workload with retries", bench.failing)
         if args.profile and "c" in args.only:
             section("c", "profile of (c) under py-spy", bench.profile_end_to_end)
+        if args.profile and "g" in args.only:
+            section("g", "profile of (g) under py-spy", bench.profile_failing)
         bench.stop_worker()
         section("f", "recovery after worker SIGKILL", bench.recovery)
         section("d", "enqueue rate through the API", bench.enqueue)

@@ -7,6 +7,7 @@ touches nothing else on the machine and leaves nothing running.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -18,9 +19,11 @@ from typing import Any
 import httpx
 import psutil
 import redis
+from dramatiq.brokers.redis import _scripts as dramatiq_scripts
 
 from jobyard.keys import Keys
 from jobyard.models import Run
+from jobyard.scripts import SCRIPT_NAMES, source
 from tests.helpers import RedisServer, Role, free_port, role_env, wait_until
 
 KEYS = Keys()
@@ -91,7 +94,10 @@ class Cluster:
             except httpx.TransportError:
                 return False
 
-        wait_until(up, timeout=30, what="the API to answer /healthz")
+        try:
+            wait_until(up, timeout=30, what="the API to answer /healthz")
+        except AssertionError as exc:
+            raise RuntimeError(f"{exc}; its log ends:\n{api.output()[-2000:]}") from exc
 
     def start_worker(self, concurrency: int = 2, **extra: str) -> Role:
         """Start ``jobyard worker --concurrency N`` and wait until it has registered."""
@@ -232,6 +238,40 @@ class Cluster:
         for rid in run_ids:
             pipe.xlen(KEYS.run_log(rid))
         return [int(n) for n in pipe.execute()]
+
+    def command_stats(self) -> dict[str, tuple[int, int]]:
+        """Redis command -> (calls, server microseconds) since the server started."""
+        stats = self.client.info("commandstats")
+        return {k.removeprefix("cmdstat_"): (int(v["calls"]), int(v["usec"])) for k, v in stats.items()}
+
+    def slowlog_begin(self) -> None:
+        """Log every top-level command with its duration (a script call is one entry)."""
+        self.client.config_set("slowlog-max-len", 1_000_000)
+        self.client.config_set("slowlog-log-slower-than", 0)
+        self.client.slowlog_reset()
+
+    def slowlog_end(self) -> dict[str, list[int]]:
+        """Command (a script by its name) -> [calls, microseconds] since ``slowlog_begin``; logging off."""
+        entries = self.client.slowlog_get(-1)
+        self.client.config_set("slowlog-log-slower-than", 10_000)
+        self.client.slowlog_reset()
+        names = {hashlib.sha1(source(n).encode()).hexdigest(): n for n in SCRIPT_NAMES}
+        names |= {
+            hashlib.sha1(text.encode()).hexdigest(): f"dramatiq {n}" for n, text in dramatiq_scripts.items()
+        }
+        out: dict[str, list[int]] = {}
+        for entry in entries:
+            words = entry["command"].split()
+            if not words:
+                continue
+            name = words[0].decode(errors="replace").lower()
+            if name == "evalsha" and len(words) > 1:
+                sha = words[1].decode(errors="replace")
+                name = "script " + names.get(sha, sha[:8])
+            acc = out.setdefault(name, [0, 0])
+            acc[0] += 1
+            acc[1] += int(entry["duration"])
+        return out
 
     def active(self, job: str) -> int:
         """Runs of ``job`` queued, running or retrying."""

@@ -28,6 +28,8 @@ class Rounds:
     a2: list[dict[str, Any]] = field(default_factory=list)
     b: list[dict[str, Any]] = field(default_factory=list)
     c: list[dict[str, Any]] = field(default_factory=list)
+    redis_b: dict[str, list[int]] = field(default_factory=dict)  # command -> [calls, usec] over (b)
+    redis_c: dict[str, list[int]] = field(default_factory=dict)
 
     @staticmethod
     def median(results: list[dict[str, Any]], key: str = "rate") -> float | None:
@@ -61,15 +63,25 @@ def measure(
         out.a.append(baseline.spawn_rate(max(2, spawns // rounds)))
         out.a2.append(baseline.spawn_rate(max(2, spawns // rounds), spawn=same_argv))
 
+    def count(into: dict[str, list[int]], delta: dict[str, list[int]]) -> None:
+        for name, (calls, usec) in delta.items():
+            acc = into.setdefault(name, [0, 0])
+            acc[0] += calls
+            acc[1] += usec
+
     def step_b() -> None:
         meter = CpuMeter(peer_pids).start()
+        before = cluster.command_stats()
         b = peer.throughput(max(1, dramatiq_runs // rounds), timeout_s=120)
+        count(out.redis_b, runs.command_delta(cluster, before))
         b["cpu_s"] = meter.stop()
         out.b.append(b)
 
     def step_c() -> None:
         n = max(1, e2e_runs // rounds)
-        out.c.append(runs.end_to_end(cluster, job, n, timeout_s=max(60.0, n / 20)))
+        c = runs.end_to_end(cluster, job, n, timeout_s=max(60.0, n / 20), count_redis=True)
+        count(out.redis_c, c["redis_commands"])
+        out.c.append(c)
 
     for i in range(rounds):
         steps = [step_a, step_b, step_c]
@@ -86,6 +98,19 @@ def _cpu_per_run(results: list[dict[str, Any]]) -> dict[str, float]:
         for name, seconds in r.get("cpu_s", {}).items():
             total[name] = total.get(name, 0.0) + seconds
     return {name: 1000 * s / done for name, s in total.items()}
+
+
+def redis_per_run(stats: dict[str, list[int]], runs_done: int, top: int = 8) -> tuple[float, str]:
+    """(commands per run, "the most frequent ones") from accumulated command stats.
+
+    Commands a Lua script calls are counted too (and the script's time includes theirs), so
+    this counts work, not round trips. The bench's own reads (polling the active set, INFO)
+    are in there too: a few per run at most, and named.
+    """
+    n = max(1, runs_done)
+    calls = sum(c for c, _ in stats.values()) / n
+    ranked = sorted(stats.items(), key=lambda kv: kv[1][0], reverse=True)[:top]
+    return calls, ", ".join(f"{name} {c / n:.1f}" for name, (c, _) in ranked if c)
 
 
 def _each(values: list[float]) -> str:
@@ -151,6 +176,22 @@ def add_rows(report: Report, res: Rounds) -> dict[str, float | None]:
             + " (worker: incl. its scripts)",
         )
     )
+    b_done = sum(r["done"] for r in res.b)
+    c_done = sum(r["done"] for r in res.c)
+    redis_rows = (("b", res.redis_b, b_done, cpu_b), ("c", res.redis_c, c_done, cpu_c))
+    for section, stats, done, cpu in redis_rows:
+        if stats:
+            calls, text = redis_per_run(stats, done)
+            report.add(
+                Row(
+                    section,
+                    "  Redis commands per run (incl. those inside scripts)",
+                    calls,
+                    "",
+                    baseline=f"CPU {cpu.get('redis', 0):.2f} ms",
+                    note=text,
+                )
+            )
     r_ca2 = res.ratios(res.c, res.a2)
     report.add(
         Row(
@@ -183,8 +224,8 @@ def add_rows(report: Report, res: Rounds) -> dict[str, float | None]:
         )
     )
     report.figures("a", rounds=res.a, worker_argv_rounds=res.a2)
-    report.figures("b", rounds=res.b, cpu_ms_per_run=cpu_b)
-    report.figures("c", rounds=res.c, cpu_ms_per_run=cpu_c, ratio_to_b=r_cb)
+    report.figures("b", rounds=res.b, cpu_ms_per_run=cpu_b, redis_commands=res.redis_b)
+    report.figures("c", rounds=res.c, cpu_ms_per_run=cpu_c, ratio_to_b=r_cb, redis_commands=res.redis_c)
     attempt_rates = [r["attempt_rate"] for r in res.c]
     return {
         "ceiling": a,

@@ -54,6 +54,24 @@ def _short(frame: str) -> str:
 OWN = ("workers/", "jobyard/", "services/", "scheduler/")
 
 
+# Framework and library functions worth seeing next to jobyard's own (by function name).
+FOCUS = (
+    "solve_dependencies",
+    "request_body_to_args",
+    "serialize_response",
+    "Response.__call__",
+    "JSONResponse.render",
+    "Redis.execute_command",
+    "Pipeline.execute",
+    "AsyncScript.__call__",
+    "Script.__call__",
+    "MetricWrapperBase.labels",
+    "Popen.__init__",
+    "rmtree",
+    "copytree",
+)
+
+
 def summarize(raw: str, within: str | None = None, top: int = 12) -> tuple[int, list[Hot], list[Hot]]:
     """(samples, top by self share, top of jobyard's own functions by total share) from raw output.
 
@@ -77,7 +95,7 @@ def summarize(raw: str, within: str | None = None, top: int = 12) -> tuple[int, 
         samples += count
         selfs[frames[-1]] += count
         for f in set(frames):
-            if any(f"({prefix}" in f for prefix in OWN):
+            if any(f"({prefix}" in f for prefix in OWN) or f.split(" (", 1)[0] in FOCUS:
                 totals[f] += count
     if not samples:
         return 0, [], []
@@ -99,13 +117,13 @@ class Profiler:
         self.exe = py_spy()
         self.out_dir = out_dir
         self.rate_hz = rate_hz
-        self.procs: dict[str, tuple[subprocess.Popen[bytes], Path, str | None]] = {}
+        self.procs: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
 
     @property
     def available(self) -> bool:
         return self.exe is not None
 
-    def start(self, name: str, pid: int, *, idle: bool = False, within: str | None = None) -> None:
+    def start(self, name: str, pid: int, *, idle: bool = False) -> None:
         """Start sampling ``pid`` (``idle``: waiting threads too, so shares are of wall time)."""
         assert self.exe is not None
         out = self.out_dir / f"profile-{name}.txt"
@@ -120,19 +138,19 @@ class Profiler:
             stderr=subprocess.STDOUT,
         )
         log.close()
-        self.procs[name] = (proc, out, within)
+        self.procs[name] = (proc, out)
 
-    def stop(self) -> dict[str, tuple[int, list[Hot], list[Hot]]]:
-        """Stop every recorder (SIGINT makes py-spy write its output) and summarise each profile."""
-        out: dict[str, tuple[int, list[Hot], list[Hot]]] = {}
-        for name, (proc, path, within) in self.procs.items():
+    def stop(self) -> dict[str, str]:
+        """Stop every recorder (SIGINT makes py-spy write its output); name -> raw collapsed stacks."""
+        out: dict[str, str] = {}
+        for name, (proc, path) in self.procs.items():
             proc.send_signal(signal.SIGINT)
             try:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
-            out[name] = summarize(path.read_text(), within) if path.exists() else (0, [], [])
+            out[name] = path.read_text() if path.exists() else ""
         self.procs.clear()
         return out
 

@@ -33,17 +33,33 @@ def wait_terminal(cluster: Cluster, run_id: str, timeout_s: float = 30.0, interv
     raise RuntimeError(f"run {run_id} did not end within {timeout_s} s")
 
 
+def command_delta(cluster: Cluster, before: dict[str, tuple[int, int]]) -> dict[str, list[int]]:
+    """Redis command -> [calls, server us] since ``before`` (a ``Cluster.command_stats()``)."""
+    out: dict[str, list[int]] = {}
+    for name, (calls, usec) in cluster.command_stats().items():
+        was = before.get(name, (0, 0))
+        if calls > was[0]:
+            out[name] = [calls - was[0], usec - was[1]]
+    return out
+
+
 def end_to_end(
     cluster: Cluster,
     job: str,
     n: int,
     timeout_s: float,
     item: Callable[[int], dict[str, Any]] | None = None,
+    count_redis: bool = False,
 ) -> dict[str, Any]:
-    """Enqueue ``n`` runs of ``job`` in batches of 1,000 and time them until every one is terminal."""
+    """Enqueue ``n`` runs of ``job`` in batches of 1,000 and time them until every one is terminal.
+
+    ``count_redis``: also return Redis's command counts from the first enqueue until every run
+    ended (before the bench reads the records back), as ``redis_commands``.
+    """
     wait_terminal(cluster, cluster.enqueue(job))  # warm: package extracted, entry chosen
     items = [{"job": job, **(item(i) if item else {})} for i in range(n)]
     meter = CpuMeter(cluster.pids()).start()
+    stats_before = cluster.command_stats() if count_redis else {}
     t0 = time.time()
     ids: list[str] = []
     for start in range(0, n, BATCH):
@@ -51,6 +67,7 @@ def end_to_end(
     enqueued = time.time()
     complete = cluster.wait_idle(job, timeout_s)
     cpu = meter.stop()
+    redis_calls = command_delta(cluster, stats_before) if count_redis else {}
     records = cluster.runs(ids)
     statuses = Counter(r.status.value if r else "missing" for r in records)
     ends = [r.ended_at for r in records if r is not None and r.ended_at is not None and r.terminal]
@@ -72,6 +89,7 @@ def end_to_end(
         "attempt_rate": attempts / elapsed if attempts else 0.0,
         "cpu_s": cpu,
         "cpu_ms_per_run": {name: 1000 * s / max(1, done) for name, s in cpu.items()},
+        "redis_commands": redis_calls,
     }
 
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import statistics
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jobyard.settings import Settings
 from tests.bench import baseline, enqueue, paired, recovery, runs, scheduler
 from tests.bench.cluster import FLAKY_SCRIPT, LONG_SCRIPT, NOOP_SCRIPT, Cluster
-from tests.bench.profile import Profiler, format_profile
+from tests.bench.profile import Profiler, format_profile, summarize
 from tests.bench.report import Report, Row, percentile, ratio
 from tests.helpers import Role
 
@@ -94,28 +96,57 @@ class Bench:
         )
         self.medians = paired.add_rows(self.report, res)
 
-    def profile_end_to_end(self) -> None:
+    def _profile(self, section: str, title: str, workload: Any) -> None:
+        """Run ``workload()`` (returns its result) under py-spy on the worker and the API and with
+        Redis's slow log catching every command; notes the hot spots."""
         prof = Profiler(self.root)
         if not prof.available:
-            self.add("c", "profile: py-spy not installed (pip install py-spy)", None)
+            self.add(section, "profile: py-spy not installed (pip install py-spy)", None)
             return
         pids = self.c.pids()
-        prof.start("worker slot threads (wall time)", pids["worker"], idle=True, within="Worker._slot")
-        prof.start("worker dispatcher (wall time)", pids["worker"], idle=True, within="Worker._dispatch_loop")
-        prof.start("worker (busy threads)", pids["worker"])
-        prof.start("api (busy)", pids["api"])
-        n = max(self.sizes.e2e_runs // self.sizes.rounds, 1)
-        c = runs.end_to_end(self.c, NOOP, n, timeout_s=max(60.0, n / 20))
-        profiles = prof.stop()
-        self.report.notes.append(f"\nprofile of (c) under py-spy ({c['rate']:.0f} runs/s while sampled):")
-        for name, (samples, by_self, by_total) in profiles.items():
+        prof.start("worker", pids["worker"], idle=True)
+        prof.start("api", pids["api"])
+        self.c.slowlog_begin()
+        result = workload()
+        commands = self.c.slowlog_end()
+        raw = prof.stop()
+        rate, done = result["rate"], max(1, result["done"])
+        views = {
+            "worker slot threads (share of their wall time)": (raw["worker"], "Worker._slot"),
+            "worker dispatcher thread (share of its wall time)": (raw["worker"], "Worker._dispatch_loop"),
+            "api (share of its busy time)": (raw["api"], None),
+        }
+        self.report.notes.append(f"\nprofile of {title} under py-spy ({rate:.0f} runs/s while sampled):")
+        figures: dict[str, Any] = {}
+        for name, (text, within) in views.items():
+            samples, by_self, by_total = summarize(text, within)
             self.report.notes.append(format_profile(name, samples, by_self, by_total))
-        self.report.figures(
-            "c",
-            profile={
-                k: {"samples": v[0], "self": [h.__dict__ for h in v[1]], "total": [h.__dict__ for h in v[2]]}
-                for k, v in profiles.items()
-            },
+            figures[name] = {
+                "samples": samples,
+                "self": [h.__dict__ for h in by_self],
+                "total": [h.__dict__ for h in by_total],
+            }
+        ranked = sorted(commands.items(), key=lambda kv: kv[1][0], reverse=True)
+        scripts = sorted(
+            (kv for kv in commands.items() if kv[0].startswith("script ")), key=lambda kv: -kv[1][1]
+        )
+        self.report.notes.append(
+            "  Redis per run (slow log at 0 us; commands a script calls are listed too): "
+            + ", ".join(f"{name} {c / done:.2f}x" for name, (c, _) in ranked[:14])
+            + "\n  script time per run: "
+            + ", ".join(f"{name[7:]} {us / done:.0f}us" for name, (_, us) in scripts)
+        )
+        figures["redis_slowlog"] = commands
+        self.report.figures(section, profile=figures)
+
+    def profile_end_to_end(self) -> None:
+        n = max(self.sizes.e2e_runs // self.sizes.rounds, 1)
+        self._profile("c", "(c)", lambda: runs.end_to_end(self.c, NOOP, n, timeout_s=max(60.0, n / 20)))
+
+    def profile_failing(self) -> None:
+        n = self.sizes.flaky_runs
+        self._profile(
+            "g", "(g)", lambda: runs.failing_workload(self.c, FLAKY, n, timeout_s=max(60.0, n / 20))
         )
 
     # -- (d) ------------------------------------------------------------------------------------
@@ -154,6 +185,19 @@ class Bench:
             ok=batch_rate >= BATCH_TARGET,
             note=_load_note(b),
         )
+        for what, load, target in (("single", s, SINGLE_TARGET), ("batch", b, BATCH_TARGET)):
+            api_ms = load.extra.get("cpu_ms_per_run", {}).get("api")
+            if api_ms:
+                self.add(
+                    "d",
+                    f"  {what}: 1 s / API CPU per run (a core of its own)",
+                    1000 / api_ms,
+                    "runs/s",
+                    baseline=f"{api_ms * 1000:.0f} us/run",
+                    ratio=1000 / api_ms / target,
+                    target=f">= {target:,.0f}/s",
+                    note="the API's ceiling if nothing else used its core",
+                )
         self.report.figures("d", client=self.client, healthz=h.__dict__, single=s.__dict__, batch=b.__dict__)
 
     def profile_enqueue(self) -> None:
@@ -161,22 +205,44 @@ class Bench:
         if not prof.available:
             self.add("d", "profile: py-spy not installed (pip install py-spy)", None)
             return
-        prof.start("api (busy)", self.c.pids()["api"])
         load = enqueue.run_wrk if self.client == "wrk" else enqueue.run_python
-        load(
-            self.c.api_url,
-            f"/api/jobs/{NOOP}/runs",
-            method="POST",
-            body=b"{}",
-            token=self.c.token,
-            connections=32,
-            duration_s=self.sizes.load_s,
-            tmp=self.root,
-        )
-        profiles = prof.stop()
-        self.report.notes.append("\nprofile of (d) single enqueue under py-spy:")
-        for name, (samples, by_self, by_total) in profiles.items():
-            self.report.notes.append(format_profile(name, samples, by_self, by_total))
+        batch = json.dumps({"runs": [{"job": NOOP}] * 1000}, separators=(",", ":")).encode()
+        for what, path, body, conns in (
+            ("single", f"/api/jobs/{NOOP}/runs", b"{}", 32),
+            ("batch", "/api/runs/batch", batch, 2),
+        ):
+            self._quiesce()
+            prof.start("api", self.c.pids()["api"])
+            result = load(
+                self.c.api_url,
+                path,
+                method="POST",
+                body=body,
+                token=self.c.token,
+                connections=conns,
+                duration_s=self.sizes.load_s,
+                tmp=self.root,
+            )
+            samples, by_self, by_total = summarize(prof.stop()["api"], top=14)
+            rate = result.rate * (1000 if what == "batch" else 1)
+            self.report.notes.append(
+                f"\nprofile of (d) {what} enqueue under py-spy ({rate:.0f} runs/s while sampled):"
+            )
+            self.report.notes.append(
+                format_profile("api (share of its busy time)", samples, by_self, by_total, 14)
+            )
+
+    def _quiesce(self, timeout_s: float = 10.0) -> None:
+        """Wait until the API has finished what a load generator left in flight (runs stop appearing)."""
+        key = runs.KEYS.job_runs(NOOP)
+        deadline = time.monotonic() + timeout_s
+        last = -1
+        while time.monotonic() < deadline:
+            now = int(self.c.client.zcard(key))
+            if now == last:
+                return
+            last = now
+            time.sleep(0.3)
 
     # -- (e) ------------------------------------------------------------------------------------
     def latency(self) -> None:
@@ -196,7 +262,8 @@ class Bench:
             ratio=ratio(p50, d50),
             target=f"<= {P50_TARGET_MS:g} ms",
             ok=p50 is not None and p50 <= P50_TARGET_MS,
-            note=f"started_at - enqueued_at of each record; API request p50 "
+            note=f"started_at - enqueued_at of each record; p90 {_ms(percentile(lat, 0.9)):.2f} ms, "
+            f"max {_ms(max(lat)):.2f} ms; the API request itself p50 "
             f"{_ms(percentile(e['request_s'], 0.5)):.2f} ms",
         )
         self.add(
