@@ -66,6 +66,11 @@ class Settings(BaseSettings):
     redis_ssl_check_hostname: bool = True
     redis_sentinel_username: str = ""
     redis_sentinel_ssl: bool = False
+    # Replication is asynchronous: a failover loses what the replicas had not copied yet. > 0:
+    # an accepted run is answered only once this many replicas confirm it (WAIT), else 503
+    # (jobyard/redis_conn.py: wait_for_replicas).
+    redis_wait_replicas: int = 0
+    redis_wait_timeout_seconds: float = 1.0
 
     # Identity and storage
     data_dir: Path = Field(default_factory=_default_data_dir)
