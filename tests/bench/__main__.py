@@ -106,20 +106,24 @@ def main(argv: list[str] | None = None) -> int:
     failed: list[str] = []
     bench = sections.Bench(cluster, report, sizes, root, args.client)
 
-    def section(letter: str, title: str, fn: Callable[[], None]) -> None:
-        if not set(letter) & set(args.only):
-            return
+    def section(letter: str, title: str, fn: Callable[[], None]) -> bool:
+        if letter != "setup" and not set(letter) & set(args.only):
+            return True
         print(f"({letter}) {title} ...", file=sys.stderr, flush=True)
+        sec = letter if letter == "setup" else letter[0]
         t0 = time.monotonic()
         try:
             fn()
+            return True
         except Exception as exc:
             failed.append(letter)
-            report.add(Row(letter[0], f"{title}: FAILED", None, note=f"{type(exc).__name__}: {exc}"[:400]))
+            report.add(Row(sec, f"{title}: FAILED", None, note=f"{type(exc).__name__}: {exc}"[:600]))
             traceback.print_exc()
-        report.figures(letter[0], took_s=round(time.monotonic() - t0, 2))
+            return False
+        finally:
+            report.figures(sec, took_s=round(time.monotonic() - t0, 2))
 
-    try:
+    def setup() -> None:
         cluster.start_redis()
         if set(args.only) & set("abcdefg"):
             cluster.start_api()
@@ -128,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
             bench.start_worker()
         if set(args.only) & set("abce"):
             bench.open_peer()
+
+    try:
+        if not section("setup", "private Redis, API, jobs, worker, bare dramatiq", setup):
+            args.only = "h" if "h" in args.only else ""
         if set(args.only) & set("abc"):
             section(
                 "a-c", "spawn ceiling, bare dramatiq, jobyard end to end (paired rounds)", bench.throughput
@@ -151,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         bench.close_peer()
         cluster.close()
-        order = {s: i for i, s in enumerate(SECTIONS)}
+        order = {s: i for i, s in enumerate(["setup", *SECTIONS])}
         report.rows.sort(key=lambda r: order.get(r.section, 99))  # stable: sections in letter order
         print()
         print(
