@@ -256,16 +256,18 @@ class Cluster:
         self.client.config_set("slowlog-log-slower-than", 10_000)
         self.client.slowlog_reset()
         names = {hashlib.sha1(source(n).encode()).hexdigest(): n for n in SCRIPT_NAMES}
-        names |= {
-            hashlib.sha1(text.encode()).hexdigest(): f"dramatiq {n}" for n, text in dramatiq_scripts.items()
-        }
+        for name, text in dramatiq_scripts.items():  # bytes or str, depending on the version
+            raw = text if isinstance(text, bytes) else text.encode()
+            names[hashlib.sha1(raw).hexdigest()] = f"dramatiq {name}"
         out: dict[str, list[int]] = {}
         for entry in entries:
             words = entry["command"].split()
             if not words:
                 continue
             name = words[0].decode(errors="replace").lower()
-            if name == "evalsha" and len(words) > 1:
+            if name == "script" and len(words) > 1:
+                name = "SCRIPT " + words[1].decode(errors="replace").upper()  # e.g. redis-py's EXISTS check
+            elif name == "evalsha" and len(words) > 1:
                 sha = words[1].decode(errors="replace")
                 name = "script " + names.get(sha, sha[:8])
             acc = out.setdefault(name, [0, 0])
