@@ -33,6 +33,7 @@ ROLES = ("viewer", "operator", "admin")
 ROLE_RANK = {role: rank for rank, role in enumerate(ROLES)}
 BOOTSTRAP_ID = "bootstrap-admin"
 MAX_NAME_CHARS = 100
+MAX_EXPIRES_IN_S = 100 * 365 * 24 * 3600.0  # beyond this an expiry time cannot be shown as a date
 # last_used_at is bookkeeping, not an audit log: write it at most this often per token.
 LAST_USED_RESOLUTION_S = 60.0
 # Read-modify-write of the tokens hash (WATCH) gives up after this many clashes.
@@ -122,8 +123,17 @@ def new_token(
     name = name.strip()
     if len(name) > MAX_NAME_CHARS:
         raise InvalidInput(f"token name is {len(name)} characters", f"use at most {MAX_NAME_CHARS}")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate from JSON: it could never be shown again
+        raise InvalidInput("token name is not valid text", str(exc)) from exc
     if expires_in_s is not None and expires_in_s <= 0:
         raise InvalidInput("expires_in_s must be positive", "leave it out for a token that does not expire")
+    if expires_in_s is not None and expires_in_s > MAX_EXPIRES_IN_S:
+        raise InvalidInput(
+            f"expires_in_s is over {MAX_EXPIRES_IN_S:g} (100 years)",
+            "leave it out for a token that does not expire",
+        )
     now = time.time() if now is None else now
     record = TokenRecord(
         id="tok_" + secrets.token_hex(8),

@@ -144,6 +144,8 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     status = exc.status_code
     headers = dict(exc.headers or {})
     detail: str | None
+    if status == 400 and exc.detail == "There was an error parsing the body":  # not UTF-8: FastAPI's 400
+        return error_response(422, "the request body is not valid JSON", "send UTF-8 JSON")
     if status == 404:
         message, detail = (
             "not found",

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from jobyard import tokens
 from services.deps import Ctx, Principal, current_ctx, require_admin
-from services.errors import ERRORS
+from services.errors import ERRORS, NOT_FOUND
 
 router = APIRouter(tags=["tokens"], responses=ERRORS)
 
@@ -21,7 +21,9 @@ class TokenRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     role: Literal["viewer", "operator", "admin"]
     name: str = Field("", max_length=tokens.MAX_NAME_CHARS, description="what the token is for")
-    expires_in_s: float | None = Field(None, gt=0, description="lifetime in seconds; none: no expiry")
+    expires_in_s: float | None = Field(
+        None, gt=0, le=tokens.MAX_EXPIRES_IN_S, description="lifetime in seconds; none: no expiry"
+    )
 
 
 class TokenOut(BaseModel):
@@ -73,7 +75,11 @@ async def list_tokens(
 
 
 @router.delete(
-    "/api/tokens/{token_id}", operation_id="revokeToken", response_model=TokenOut, summary="Revoke a token"
+    "/api/tokens/{token_id}",
+    operation_id="revokeToken",
+    response_model=TokenOut,
+    responses=NOT_FOUND,
+    summary="Revoke a token",
 )
 async def revoke_token(
     token_id: str, ctx: Ctx = Depends(current_ctx), who: Principal = Depends(require_admin)
