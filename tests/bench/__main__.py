@@ -5,7 +5,7 @@
 (a) spawn ceiling, (b) bare dramatiq, (c) jobyard end to end, (d) enqueue rate, (e) idle
 enqueue-to-start latency, (f) recovery after a worker SIGKILL, (g) a 10 % failing workload with
 retries, (h) scheduler figures. Everything runs on a private redis-server and private role
-processes on loopback, all stopped by pid. Default ~3 minutes, ``--quick`` ~30-40 s; ``--tiny``
+processes on loopback, all stopped by pid. Default ~3 minutes, ``--quick`` ~40 s; ``--tiny``
 only proves that every section runs (the smoke test). Figures also go to
 bench-results/latest.json.
 """
@@ -53,8 +53,8 @@ class Sizes:
 
 MODES = {
     "full": Sizes(3, 2100, 2100, 20, 2100, 100, 20, 1000, 5.0, 3, True, 10, 6.0, 3),
-    "quick": Sizes(2, 400, 400, 4, 500, 40, 0, 300, 2.0, 1, False, 4, 3.0, 0),
-    "tiny": Sizes(1, 20, 20, 1, 20, 5, 0, 20, 1.0, 1, False, 2, 2.0, 0),
+    "quick": Sizes(2, 400, 400, 3, 500, 40, 0, 300, 2.0, 1, False, 4, 1.5, 0),
+    "tiny": Sizes(1, 20, 20, 1, 20, 5, 0, 20, 1.0, 1, False, 2, 1.0, 0),
 }
 
 
@@ -65,7 +65,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_const", const="quick", dest="mode", help="~30-40 s")
+    mode.add_argument("--quick", action="store_const", const="quick", dest="mode", help="~40 s")
     mode.add_argument(
         "--tiny",
         action="store_const",

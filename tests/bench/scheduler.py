@@ -36,16 +36,36 @@ def available() -> Any | None:
 
 
 def parse(text: str) -> dict[str, Any]:
-    """The figures in ``bench_scheduler``'s printed summary."""
-    out: dict[str, Any] = {}
-    for m in _MS.finditer(text):
-        out[f"{m['what']}_skew_ms"] = {k: float(m[k]) for k in ("p50", "p99", "max")} | {"n": int(m["n"])}
+    """The figures in ``bench_scheduler``'s printed summary.
+
+    Skew lines are grouped under the "fire skew, ...:" header above them (one block per set-up:
+    many jobs on one second, one job with an idle worker, ...).
+    """
+    out: dict[str, Any] = {"skew": []}
+    header = ""
+    for line in text.splitlines():
+        if line.startswith("fire skew"):
+            header = line.removeprefix("fire skew,").strip().rstrip(":")
+        elif m := _MS.search(line):
+            out["skew"].append(
+                {"setup": header, "what": m["what"], "n": int(m["n"])}
+                | {k: float(m[k]) for k in ("p50", "p99", "max")}
+            )
     for m in _HANDOVER.finditer(text):
         key = "handover_to_lease_s" if m["what"] == "the new lease" else "handover_to_first_fire_s"
         out[key] = {"median": float(m["median"]), "max": float(m["max"])}
     if m2 := _CLEAN.search(text):
         out["handover_sigterm_s"] = float(m2["s"])
+    if not out["skew"]:
+        del out["skew"]
     return out
+
+
+def _short_setup(setup: str) -> str:
+    """A set-up's header shortened for the table: "20 jobs", "1 job, idle worker"."""
+    m = re.match(r"(\d+) jobs? every second", setup)
+    jobs = f"{m.group(1)} job{'s' if m.group(1) != '1' else ''}" if m else setup[:20]
+    return jobs + (", idle worker" if "worker" in setup else "")
 
 
 def scheduler_section(report: Report, base: Path, jobs: int, seconds: float, handovers: int) -> None:
@@ -70,15 +90,10 @@ def scheduler_section(report: Report, base: Path, jobs: int, seconds: float, han
         if isinstance(result, dict):
             figures.update(result)
     report.figures("h", jobs=jobs, seconds=seconds, handovers=handovers, output=text.getvalue(), **figures)
-    for what, label in (
-        ("enqueued", "scheduled -> enqueued"),
-        ("started", "scheduled -> started (idle worker)"),
-    ):
-        skew_ms = figures.get(f"{what}_skew_ms")
-        if isinstance(skew_ms, dict):
-            n = skew_ms.get("n", "?")
-            report.add(Row("h", f"fire skew {label} p50 (n={n})", skew_ms.get("p50"), "ms"))
-            report.add(Row("h", f"fire skew {label} p99", skew_ms.get("p99"), "ms"))
+    for skew in figures.get("skew", []):
+        label = f"skew {_short_setup(skew['setup'])}: scheduled->{skew['what']}"
+        report.add(Row("h", f"{label} p50", skew["p50"], "ms", note=f"n={skew['n']}, {skew['setup']}"))
+        report.add(Row("h", f"{label} p99", skew["p99"], "ms", note=f"max {skew['max']} ms"))
     lease = figures.get("handover_to_lease_s")
     if isinstance(lease, dict):
         report.add(
