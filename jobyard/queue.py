@@ -2,8 +2,8 @@
 
 Layout and delivery are dramatiq's (see ``jobyard/keys.py``): messages are dramatiq messages
 in dramatiq's Redis lists and hashes, acked and nacked through dramatiq's own ``dispatch.lua``,
-dead workers' messages re-queued by dramatiq's maintenance, failures re-enqueued by dramatiq's
-``Retries`` middleware. What we change, and why:
+failures re-enqueued by dramatiq's ``Retries`` middleware, dead workers' messages re-queued from
+dramatiq's per-worker ack sets. What we change, and why:
 
 - **Fetching** (``fetch.lua``): one call looks at high, then normal, then low and takes one
   message only for a free slot. dramatiq runs a consumer per queue with its own prefetch, which
@@ -19,8 +19,10 @@ dead workers' messages re-queued by dramatiq's maintenance, failures re-enqueued
   (``JOBYARD_PRIORITY_AGING_SECONDS``, off by default) lets a waiting run rise one level per
   period waited, for users who prefer that every run starts eventually.
 - **Maintenance**: dramatiq runs it on 0.1 % of calls, so a SIGKILLed worker's message may
-  wait many minutes. Each worker forces it once per heartbeat for every level, with a short
-  heartbeat timeout (``JOBYARD_HEARTBEAT_TIMEOUT_SECONDS``), which bounds recovery.
+  wait many minutes, and then re-queues it at the tail, behind the whole backlog. Each worker
+  runs ``requeue_dead.lua`` (the same job on the same keys, front of the queue) once per
+  heartbeat, with a short heartbeat timeout (``JOBYARD_HEARTBEAT_TIMEOUT_SECONDS``), which
+  bounds recovery: timeout + one heartbeat interval, however deep the queue.
 """
 
 from __future__ import annotations
@@ -155,25 +157,27 @@ class JobyardBroker(RedisBroker):
         """Give it back unprocessed (graceful stop): to the tail of its level."""
         self.do_requeue(fetched.level, fetched.redis_id)
 
-    def heartbeat(self, pipe: Any = None) -> None:
-        """Mark this process alive and re-queue the messages of processes that are not.
+    def heartbeat(self, pipe: Any = None, *, maintain: bool = True) -> None:
+        """Mark this process alive and (``maintain``) re-queue the messages of processes that are not.
 
+        Uses ``requeue_dead.lua`` rather than dramatiq's maintenance: same keys and semantics, but
+        a dead worker's messages go to the front of their level, so recovery is bounded under load.
         Queued on ``pipe`` when given (the caller executes it), else run now.
         """
         target = pipe if pipe is not None else self.client.pipeline(transaction=False)
-        dispatch = self.scripts["dispatch"]
-        for level in PRIORITY_LEVELS:
-            args = [
-                "qsize",
+        self.jy_scripts.requeue_dead(
+            keys=[self.keys.heartbeats],
+            args=[
+                self.namespace,
                 int(time.time() * 1000),
-                level,
-                self.broker_id,
                 self.heartbeat_timeout,
                 self.dead_message_ttl,
-                1,  # do maintenance
-                self._max_unpack_size(),
-            ]
-            dispatch(keys=[self.namespace], args=args, client=target)
+                self.broker_id,
+                1 if maintain else 0,
+                *PRIORITY_LEVELS,
+            ],
+            client=target,
+        )
         if pipe is None:
             target.execute()
 

@@ -16,6 +16,7 @@ SCRIPT_NAMES = (
     "renew_leases",
     "unpark",
     "take_due",
+    "requeue_dead",
 )
 
 
@@ -41,3 +42,4 @@ class Scripts:
     renew_leases: Any
     unpark: Any
     take_due: Any
+    requeue_dead: Any

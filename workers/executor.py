@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import dramatiq
 from dramatiq.broker import MessageProxy
 
+from jobyard.errors import NotFound
 from jobyard.models import TERMINAL_LUA, Job, Run, RunStatus
 from jobyard.queue import Fetched
 from jobyard.runs import LOG_SYS, parse_finish, prepare_finish
@@ -128,7 +129,7 @@ class Executor:
             reason = (
                 f"the worker running it died {claim.detail} times; dead-lettered so it cannot loop forever"
             )
-            self.record(run, None, RunStatus.FAILED, "deadletter", error=reason)
+            self.record(run, self._job_or_none(job_name), RunStatus.FAILED, "deadletter", error=reason)
             raise RunFailed(reason)
         assert claim.run is not None and claim.job is not None
         return self._attempt(claim.run, claim.job)
@@ -208,7 +209,14 @@ class Executor:
     # -- recording ---------------------------------------------------------------------------
     def _finish_without_running(self, run_id: str, status: RunStatus, error: str) -> None:
         run = self.ctx.store.get(run_id)
-        self.record(run, None, status, "final", error=error)
+        self.record(run, self._job_or_none(run.job), status, "final", error=error)
+
+    def _job_or_none(self, name: str) -> Job | None:
+        """The job record (for its history size and the hooks), None when it was deleted."""
+        try:
+            return self.ctx.retrying(lambda: self.ctx.store.get_job(name), "read the job")
+        except NotFound:
+            return None
 
     def record(
         self,

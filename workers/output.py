@@ -13,9 +13,11 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from jobyard.redis_conn import CONNECTION_ERRORS
 from jobyard.runs import LOG_ERR, LOG_SYS
 
 FLUSH_LINES = 200
+WRITE_RETRY_S = 1.0
 FLUSH_INTERVAL_S = 0.05
 ERROR_TAIL_LINES = 10
 MIN_MASK_CHARS = 4  # shorter values would mask ordinary text; the docs say to use longer secrets
@@ -70,6 +72,7 @@ class RunLog:
         self.dropped_bytes = 0
         self.truncated = False
         self.pending: list[tuple[float, str, str]] = []
+        self._retry_at = 0.0
         self.first_pending_at = 0.0
         self.error_tail: deque[str] = deque(maxlen=ERROR_TAIL_LINES)
         self.last_lines: deque[str] = deque(maxlen=ERROR_TAIL_LINES)
@@ -114,10 +117,16 @@ class RunLog:
         return bool(self.pending) and time.monotonic() - self.first_pending_at >= FLUSH_INTERVAL_S
 
     def flush(self) -> None:
-        """Write what is buffered."""
-        if self.pending:
-            batch, self.pending = self.pending, []
+        """Write what is buffered; when Redis is away keep it and try again later, never block."""
+        if not self.pending or time.monotonic() < self._retry_at:
+            return
+        batch, self.pending = self.pending, []
+        try:
             self._write(batch)
+        except CONNECTION_ERRORS:
+            # keep the lines (still under the size cap) and let the script's loop go on
+            self.pending = batch + self.pending
+            self._retry_at = time.monotonic() + WRITE_RETRY_S
 
     def take_pending(self) -> list[tuple[float, str, str]]:
         """Hand the buffered lines to the caller (to write with the final record in one round trip)."""

@@ -104,6 +104,7 @@ class Worker:
         self._stopped = threading.Event()
         self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="slot")
         self.started_at = time.time()
+        self._connected_since = time.monotonic()
         self.consuming = False
         self.supervisor = Supervisor(self)
 
@@ -115,6 +116,10 @@ class Worker:
             try:
                 return fn()
             except CONNECTION_ERRORS as exc:
+                if self.hard_stop:
+                    # Told twice to stop: leave it. The message stays unacked in our ack set and
+                    # the run is recovered by another worker once Redis is back.
+                    raise
                 log.warning("Redis unreachable while trying to %s (%s); retrying in %.1f s", what, exc, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -142,14 +147,11 @@ class Worker:
         remove_pid_file(self.pid_dir, run_id)
 
     def write_log(self, run_id: str, lines: list[tuple[float, str, str]]) -> None:
-        """Append log lines now (one round trip)."""
-
-        def write() -> None:
-            pipe = self.client.pipeline(transaction=False)
-            self.store.append_log(pipe, run_id, lines)
-            pipe.execute()
-
-        self.retrying(write, "write a run log")
+        """Append log lines now (one round trip); raises a connection error for the caller to keep
+        them, so a script's deadline and stop are still enforced while Redis is away."""
+        pipe = self.client.pipeline(transaction=False)
+        self.store.append_log(pipe, run_id, lines)
+        pipe.execute()
 
     @property
     def cache(self) -> packaging.HostPackages:
@@ -218,6 +220,8 @@ class Worker:
                 continue
             handed_over = False
             try:
+                if self.stopping:  # the stop came while we waited for a slot: take nothing
+                    break
                 got = self.broker.fetch()
                 delay = 0.1
                 if isinstance(got, Fetched):
@@ -285,6 +289,7 @@ class Worker:
                 if beats % DEAD_LETTER_SWEEP_EVERY == 0:
                     self._expire_dead_letters()
             except CONNECTION_ERRORS as exc:
+                self._connected_since = time.monotonic()
                 log.warning("heartbeat failed: Redis unreachable (%s)", exc)
             except Exception:
                 log.exception("heartbeat failed")
@@ -321,8 +326,11 @@ class Worker:
             run_ids = list(self._controls)
             limited = dict(self._limited)
             busy = self._busy
+        # Only declare other workers dead after we have been connected a whole heartbeat timeout
+        # ourselves: after a Redis outage every live worker looks dead until it beats again.
+        connected_for = time.monotonic() - self._connected_since
         pipe = self.client.pipeline(transaction=False)
-        self.broker.heartbeat(pipe)
+        self.broker.heartbeat(pipe, maintain=connected_for >= self.settings.heartbeat_timeout_seconds)
         pipe.zadd(k.workers, {self.worker_id: now_ms})
         pipe.hset(
             k.worker(self.worker_id),

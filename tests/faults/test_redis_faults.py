@@ -169,12 +169,6 @@ def test_delayed_runs_survive_dead_workers_and_a_redis_restart(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="workers/runner.py ScriptRunner.wait flushes the run log synchronously (RunLog.flush -> "
-    "Worker.write_log -> Worker.retrying, which retries forever): while Redis is away the loop that "
-    "enforces timeouts, cancel and shutdown is stuck, so the script outlives its timeout",
-)
 def test_a_run_is_timed_out_on_time_while_redis_is_down(
     private_redis: RedisServer, deploy, store, workers, no_script_left
 ) -> None:  # type: ignore[no-untyped-def]

@@ -159,16 +159,14 @@ def test_chaos_sigkill_a_worker_every_few_seconds(
     wait_until(lambda: not no_script_left(), timeout=15, what="no orphaned script left")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a dead worker's messages are re-queued at the tail of their level (dramatiq's maintenance "
-    "RPUSHes them), so a crashed run waits behind the whole backlog instead of restarting within the bound",
-)
 def test_a_crashed_run_restarts_within_the_bound_even_behind_a_backlog(
     deploy, store, workers, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     execs_path = tmp_path / "executions"
-    deploy("long", {"run.sh": side_effect(execs_path, "start") + '[ "$JOBYARD_ATTEMPT" = 1 ] && sleep 60\n'})
+    deploy(
+        "long",
+        {"run.sh": side_effect(execs_path, "start") + '[ "$JOBYARD_ATTEMPT" = 1 ] && sleep 60\nexit 0\n'},
+    )
     deploy("backlog", {"run.sh": "sleep 0.5\n"}, {"history_size": 1000})
     doomed = workers(1, instance="doomed", **FAST_RECOVERY)
     crashed = enqueue(store, "long")
@@ -298,11 +296,6 @@ def test_second_sigterm_kills_stubborn_scripts_at_once_and_loses_no_run(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="workers/worker.py _dispatch_loop checks `stopping` only before blocking in "
-    "_free.acquire(timeout=0.5); a slot that frees after SIGTERM is filled with a new run at once",
-)
 def test_a_stopping_worker_takes_no_new_runs(deploy, store, workers, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     execs_path = tmp_path / "executions"
     polite = 'while [ ! -f "$JOBYARD_SHUTDOWN_FILE" ]; do sleep 0.02; done\n'
@@ -326,12 +319,6 @@ def test_a_stopping_worker_takes_no_new_runs(deploy, store, workers, tmp_path: P
     assert [store.get(rid).attempt for rid in waiting] == [1, 1, 1]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="workers/executor.py execute(): the 'dead' outcome calls record(run, None, ...), so "
-    "finish_run gets history_size=None -> settings.default_history_size (50) instead of the job's "
-    "history_size, and trims the job's older finished runs (their records and logs are deleted)",
-)
 def test_dead_lettering_after_worker_deaths_keeps_the_jobs_history(
     deploy, store, workers, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
