@@ -24,7 +24,7 @@ import re
 import time
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 import redis
 import redis.asyncio as aioredis
@@ -215,9 +215,15 @@ def delete_secret(client: redis.Redis, keys: Keys, job: str, name: str) -> None:
         raise _not_found(job, name)
 
 
-def load_for_run(client: redis.Redis, keys: Keys, settings: Settings, job: str) -> dict[str, str]:
-    """Every secret of ``job``, decrypted, for a run's environment (empty when it has none)."""
-    raw = client.hgetall(keys.job_secrets(job))
+def load_for_run(
+    client: redis.Redis, keys: Keys, settings: Settings, job: str, raw: dict[bytes, bytes] | None = None
+) -> dict[str, str]:
+    """Every secret of ``job``, decrypted, for a run's environment (empty when it has none).
+
+    ``raw`` is the job's secrets hash when the caller already read it (the worker's claim does).
+    """
+    if raw is None:
+        raw = cast(dict[bytes, bytes], client.hgetall(keys.job_secrets(job)))
     if not raw:
         return {}
     box = SecretBox.from_settings(settings)

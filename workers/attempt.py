@@ -104,6 +104,7 @@ def run_attempt(
     *,
     control: StopControl | None = None,
     extra_env: dict[str, str] | None = None,
+    secrets_raw: dict[bytes, bytes] | None = None,
 ) -> AttemptResult:
     """Prepare and run attempt ``run.attempt`` of ``run``; never raises for the script's faults."""
     s = ctx.settings
@@ -133,7 +134,9 @@ def run_attempt(
                 ctx.working_copy(package_root, workdir)
             entry = ctx.entry_for(job, package_root, js.entry)
             argv = [*ctx.command_for(workdir, entry), *run.args]
-            secrets = ctx.retrying(lambda: load_for_run(ctx.client, ctx.keys, s, job.name), "read secrets")
+            secrets = ctx.retrying(
+                lambda: load_for_run(ctx.client, ctx.keys, s, job.name, raw=secrets_raw), "read secrets"
+            )
             conf.prepare(
                 s.data_dir,
                 workdir=None if in_place else workdir,
@@ -163,7 +166,7 @@ def run_attempt(
             max_line_bytes=s.max_line_bytes,
             max_result_bytes=s.max_result_bytes,
             control=control,
-            preexec=conf.preexec,
+            preexec=conf.preexec if conf.needs_preexec else None,
         )
         runlog.add(
             LOG_SYS,

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import dramatiq
+import redis
 from dramatiq.broker import MessageProxy
 
 from jobyard.errors import NotFound
@@ -52,6 +53,7 @@ class Claim:
     run: Run | None = None
     job: Job | None = None
     detail: str = ""
+    secrets: dict[bytes, bytes] | None = None  # the job's encrypted secrets, read with the claim
 
 
 def backoff_s(failures: int, min_s: float, max_s: float) -> float:
@@ -132,13 +134,19 @@ class Executor:
             self.record(run, self._job_or_none(job_name), RunStatus.FAILED, "deadletter", error=reason)
             raise RunFailed(reason)
         assert claim.run is not None and claim.job is not None
-        return self._attempt(claim.run, claim.job)
+        return self._attempt(claim.run, claim.job, claim.secrets)
 
     def claim(self, run_id: str, job_name: str) -> Claim:
         """Call ``claim_run.lua`` for ``run_id``."""
         ctx, k = self.ctx, self.ctx.keys
         res = ctx.store.scripts.claim_run(
-            keys=[k.run(run_id), k.run_lease(run_id), k.job(job_name), k.job_slots(job_name)],
+            keys=[
+                k.run(run_id),
+                k.run_lease(run_id),
+                k.job(job_name),
+                k.job_slots(job_name),
+                k.job_secrets(job_name),
+            ],
             args=[
                 ctx.worker_id,
                 ctx.settings.instance_id,
@@ -151,14 +159,16 @@ class Executor:
         )
         outcome = res[0].decode()
         if outcome == "claimed":
-            return Claim(outcome, Run.from_hash(_pairs(res[1])), Job.from_hash(_pairs(res[2])))
+            return Claim(
+                outcome, Run.from_hash(_pairs(res[1])), Job.from_hash(_pairs(res[2])), secrets=_pairs(res[3])
+            )
         return Claim(outcome, detail=res[1].decode() if len(res) > 1 else "")
 
     # -- an attempt --------------------------------------------------------------------------
-    def _attempt(self, run: Run, job: Job) -> str:
+    def _attempt(self, run: Run, job: Job, secrets: dict[bytes, bytes] | None = None) -> str:
         ctx = self.ctx
         ctx.hooks.emit("after_claim", run, job)
-        result: AttemptResult = run_attempt(ctx, run, job)
+        result: AttemptResult = run_attempt(ctx, run, job, secrets_raw=secrets)
         if result.lease_lost:
             log.warning("run %s: lease lost mid-attempt; another attempt owns it now", run.id)
             return "ack"
@@ -234,10 +244,12 @@ class Executor:
         if job is not None:
             history = int(job.settings.get("history_size") or ctx.settings.default_history_size)
 
+        unwritten = list(lines or [])
+
         def write() -> tuple[str, str]:
             pipe = ctx.client.pipeline(transaction=False)
-            if lines:
-                ctx.store.append_log(pipe, run.id, lines)
+            if unwritten:
+                ctx.store.append_log(pipe, run.id, unwritten)
             keys, args = prepare_finish(
                 ctx.keys,
                 ctx.settings,
@@ -249,8 +261,17 @@ class Executor:
                 history_size=history,
                 fields=fields,
             )
-            ctx.store.scripts.finish_run(keys=keys, args=args, client=pipe)
-            return parse_finish(pipe.execute()[-1])
+            # EVALSHA directly: a Script object in a pipeline costs a SCRIPT EXISTS per run. A
+            # Redis that lost its script cache answers NOSCRIPT: load it and go again (the log
+            # lines of this pipeline were written, so they are not sent twice).
+            script = ctx.store.scripts.finish_run
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            try:
+                return parse_finish(pipe.execute()[-1])
+            except redis.exceptions.NoScriptError:
+                unwritten.clear()
+                ctx.client.script_load(script.script)
+                raise redis.ConnectionError("finish_run was not loaded; loaded it, trying again") from None
 
         outcome, detail = ctx.retrying(write, "record the run's outcome")
         if outcome != "ok":

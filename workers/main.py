@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import signal
 import threading
 from types import FrameType
@@ -25,6 +26,9 @@ def serve(settings: Settings, concurrency: int | None = None) -> int:
             "running as root without JOBYARD_RUN_AS: scripts run as root too; "
             "set JOBYARD_RUN_AS to an unprivileged user"
         )
+    # No core files from scripts (a core holds the environment, secrets included); inherited by
+    # every child, so unconfined runs need no preexec step.
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     worker = Worker(settings, concurrency)
     worker.hooks.add(MetricsHooks())
     health = _start_health(settings, worker)

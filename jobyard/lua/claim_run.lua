@@ -7,9 +7,10 @@
 --
 -- KEYS[1] run hash  KEYS[2] run lease  KEYS[3] job hash (read back for the worker)
 -- KEYS[4] job slots zset (a slot fetch.lua reserved is given back when the run will not run)
+-- KEYS[5] job secrets hash (read back with the claim: saves a round trip per run)
 -- ARGV[1] worker process id  ARGV[2] instance id  ARGV[3] pid  ARGV[4] now (epoch s)
 -- ARGV[5] lease ms  ARGV[6] max deaths  ARGV[7] terminal statuses, comma-separated
--- Returns {"claimed", run fields, job fields} | {"missing"} | {"terminal", status} |
+-- Returns {"claimed", run fields, job fields, secret fields} | {"missing"} | {"terminal", status} |
 --         {"busy", holder} | {"cancelled"} | {"dead", deaths} | {"nojob"}
 
 if redis.call("exists", KEYS[1]) == 0 then
@@ -41,4 +42,4 @@ redis.call("hset", KEYS[1], "status", "running", "worker", ARGV[2], "worker_pid"
   "started_at", ARGV[4])
 redis.call("hdel", KEYS[1], "next_attempt_at", "ended_at")
 redis.call("set", KEYS[2], ARGV[1], "PX", ARGV[5])
-return {"claimed", redis.call("hgetall", KEYS[1]), redis.call("hgetall", KEYS[3])}
+return {"claimed", redis.call("hgetall", KEYS[1]), redis.call("hgetall", KEYS[3]), redis.call("hgetall", KEYS[5])}
