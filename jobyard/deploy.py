@@ -277,6 +277,7 @@ def delete_job(client: redis.Redis, keys: Keys, name: str) -> None:
                     keys.job_instances(name),
                     keys.job_last_fire(name),
                     keys.job_fire_stats(name),
+                    keys.job_secrets(name),
                 )
                 pipe.srem(keys.jobs, name)
                 for run_id in terminal:

@@ -135,7 +135,7 @@ class CallbackSender:
 
         @retry(
             retry=retry_if_exception_type((httpx.TransportError, CallbackFailed)),
-            wait=wait_exponential_jitter(initial=0.5, max=30.0),
+            wait=wait_exponential_jitter(multiplier=0.5, max=30.0),
             stop=stop_after_delay(DELIVERY_DEADLINE_S),
             before_sleep=before_sleep_log(log, logging.WARNING),
             reraise=True,
