@@ -58,9 +58,10 @@ DRAIN_S = 20.0  # the surviving runs end within seconds; this is the bound befor
 # A failover that rolls back a worker's own writes (claim, finish, ack) leaves the run "running"
 # or "queued" with its message in that worker's dramatiq ack set; the worker is alive, so
 # dramatiq's maintenance (dead workers only) never re-queues it and the run never ends.
+# Not strict: whether a failover leaves such a message depends on timing (seen both ways).
 ROLLED_BACK_RUNS_STUCK = pytest.mark.xfail(
     raises=RunsNeverEnded,
-    strict=True,
+    strict=False,
     reason="worker bug: messages left in a live worker's ack set by a failover are never re-queued",
 )
 
