@@ -207,6 +207,7 @@ def mh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MultiHost]:
                 proc.stop()
             cluster.http.close()
             cluster.client_host.close()
+            cluster.r.close()
         left = net.destroy() + net.leftovers()
         assert not left, f"namespaces left behind: {left}"
 

@@ -91,6 +91,7 @@ def start_system(tmp_path: Path) -> Iterator[Callable[..., System]]:
     """Start the HA Redis and the roles (API env extra: ``**api_env``); everything stopped by pid."""
     clusters: list[SentinelCluster] = []
     roles: list[Role] = []
+    clients: list[redis.Redis] = []
 
     def start(**api_env: str) -> System:
         ha = SentinelCluster(tmp_path / "redis")
@@ -113,6 +114,7 @@ def start_system(tmp_path: Path) -> Iterator[Callable[..., System]]:
             **{k.removeprefix("JOBYARD_").lower(): v for k, v in api_env.items()},  # type: ignore[arg-type]
         )
         client = connect(settings, socket_timeout=5.0)
+        clients.append(client)
         system = System(ha, settings, client, RunStore(client, KEYS, settings), api, roles, tmp_path / "fx")
         system.pids = [r.pid for r in roles]
         deploy_script(client, settings, tmp_path, "tick", recording_script(system.effects, "tick"), HISTORY)
@@ -125,6 +127,8 @@ def start_system(tmp_path: Path) -> Iterator[Callable[..., System]]:
     yield start
     for role in roles:
         role.stop()
+    for client in clients:
+        client.close()
     for ha in clusters:
         ha.stop()
 
