@@ -181,10 +181,6 @@ class JobyardBroker(RedisBroker):
         if pipe is None:
             target.execute()
 
-    def depths(self) -> dict[str, int]:
-        """Waiting messages per level, and the delayed set."""
-        return read_depths(queue_depths_pipeline(self.client, self.keys).execute())
-
 
 def queue_depths_pipeline(client: Any, keys: Keys) -> Any:
     """A pipeline (sync or asyncio client) that reads the depths; pass its results to ``read_depths``."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from jobyard.redis_conn import CONNECTION_ERRORS
 from jobyard.runs import LOG_ERR, LOG_SYS
@@ -132,11 +131,3 @@ class RunLog:
         """Hand the buffered lines to the caller (to write with the final record in one round trip)."""
         batch, self.pending = self.pending, []
         return batch
-
-    def summary(self) -> dict[str, Any]:
-        """Counters for the end-of-run line."""
-        return {
-            "stored_bytes": self.stored_bytes,
-            "dropped_bytes": self.dropped_bytes,
-            "truncated": self.truncated,
-        }

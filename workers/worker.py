@@ -423,11 +423,6 @@ class Worker:
         except CONNECTION_ERRORS:
             return False
 
-    def status(self) -> dict[str, Any]:
-        """What this worker is doing, for logs and health."""
-        with self._lock:
-            return {"busy": self._busy, "slots": self.concurrency, "running": list(self._controls)}
-
 
 def _never_called(*_args: Any) -> None:
     """The actor exists so dramatiq's middleware can read its options; the executor runs messages."""
