@@ -123,8 +123,7 @@ def run_attempt(
     conf: Confinement | None = None
     in_place = js.in_place
     try:
-        for d in (paths.data, paths.tmp, paths.home):
-            d.mkdir(parents=True, exist_ok=True)
+        make_attempt_dirs(paths)
         try:
             conf = Confinement.for_attempt(s, job.settings, base)
             in_place = js.in_place and conf.account is None  # the package cache is shared: never hand it over
@@ -201,6 +200,20 @@ def run_attempt(
         ctx.remove_tree(paths.attempt_dir)
 
 
+def make_attempt_dirs(paths: RunPaths) -> None:
+    """The job's data directory (kept) and the attempt's own directories (new)."""
+    for path in (paths.data, paths.attempt_dir):
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            continue
+        except FileNotFoundError:  # the first run of this job (or of this host)
+            path.mkdir(parents=True, exist_ok=True)
+    for path in (paths.tmp, paths.home):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path)
+
+
 def _judge(
     run: Run,
     js: JobRunSettings,
@@ -256,9 +269,17 @@ def _judge(
 
 def write_pid_file(directory: Path, run_id: str, pgid: int, worker_pid: int) -> Path:
     """Record a script's process group so a restarted worker can find it if this one dies."""
-    directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{run_id}.pgid"
-    path.write_text(f"{pgid} {worker_pid} {time.time():.3f}\n")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileNotFoundError:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, flags, 0o600)
+    try:
+        os.write(fd, f"{pgid} {worker_pid} {time.time():.3f}\n".encode())
+    finally:
+        os.close(fd)
     return path
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import shutil
 import socket
 import threading
 import time
@@ -39,6 +38,7 @@ from jobyard import metrics
 from jobyard.hooks import HookChain
 from jobyard.keys import Keys
 from jobyard.models import Job
+from jobyard.packages import remove_tree
 from jobyard.queue import DRAMATIQ_MAX_RETRIES, RUN_ACTOR, Fetched, JobyardBroker
 from jobyard.redis_conn import CONNECTION_ERRORS, connect, wait_for_redis
 from jobyard.runs import RunStore
@@ -179,7 +179,7 @@ class Worker:
             path = self._janitor.get()
             if path is None:
                 return
-            shutil.rmtree(path, ignore_errors=True)
+            remove_tree(path)
 
     # -- lifecycle ----------------------------------------------------------------------------
     def run(self) -> int:

@@ -105,6 +105,7 @@ class Bench:
             return
         pids = self.c.pids()
         prof.start("worker", pids["worker"], idle=True)
+        prof.start("worker_cpu", pids["worker"])
         prof.start("api", pids["api"])
         self.c.slowlog_begin()
         result = workload()
@@ -114,6 +115,7 @@ class Bench:
         views = {
             "worker slot threads (share of their wall time)": (raw["worker"], "Worker._slot"),
             "worker dispatcher thread (share of its wall time)": (raw["worker"], "Worker._dispatch_loop"),
+            "worker on CPU, all threads (share of its busy samples)": (raw["worker_cpu"], None),
             "api (share of its busy time)": (raw["api"], None),
         }
         self.report.notes.append(f"\nprofile of {title} under py-spy ({rate:.0f} runs/s while sampled):")

@@ -26,6 +26,7 @@ from jobyard.packages import (
     extract_zip,
     file_sha256,
     list_files,
+    remove_tree,
     spool_upload,
     validate_zip,
     working_copy,
@@ -416,3 +417,44 @@ def test_working_copy_is_independent_of_the_cache(r: redis.Redis, tmp_path: Path
     (tmp_path / "run1" / "run.sh").write_text("changed")
     assert os.access(tmp_path / "run1" / "run.sh", os.X_OK)
     assert (src / "run.sh").read_text() == "#!/bin/sh\necho cached\n"
+
+
+def test_working_copy_keeps_the_tree_and_exact_modes_whatever_the_umask(tmp_path: Path) -> None:
+    src = tmp_path / "pkg"
+    (src / "lib" / "deep").mkdir(parents=True)
+    (src / "run.sh").write_bytes(b"#!/bin/sh\n" + os.urandom(300_000))  # more than one sendfile chunk
+    (src / "lib" / "deep" / "data.txt").write_text("x")
+    os.chmod(src / "run.sh", 0o755)
+    os.chmod(src / "lib" / "deep" / "data.txt", 0o644)
+    (src / "linked.txt").symlink_to(src / "lib" / "deep" / "data.txt")
+    old = os.umask(0o077)
+    try:
+        working_copy(src, tmp_path / "work" / "a" / "run1")  # parents made on first use
+    finally:
+        os.umask(old)
+    dest = tmp_path / "work" / "a" / "run1"
+    assert (dest / "run.sh").read_bytes() == (src / "run.sh").read_bytes()
+    assert stat.S_IMODE((dest / "run.sh").stat().st_mode) == 0o755
+    assert stat.S_IMODE((dest / "lib" / "deep" / "data.txt").stat().st_mode) == 0o644
+    assert not (dest / "linked.txt").is_symlink()  # links become files, as in copytree(symlinks=False)
+    assert (dest / "linked.txt").read_text() == "x"
+    with pytest.raises(FileExistsError):
+        working_copy(src, dest)  # never writes into an existing directory
+
+
+def test_remove_tree_removes_what_a_script_left_even_read_only_and_ignores_missing(tmp_path: Path) -> None:
+    top = tmp_path / "attempt"
+    (top / "home" / ".cache").mkdir(parents=True)
+    (top / "home" / ".cache" / "f").write_text("x")
+    (top / "tmp").mkdir()
+    (top / "link").symlink_to(tmp_path / "outside")
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "keep").write_text("k")
+    locked = top / "locked"
+    locked.mkdir()
+    (locked / "f").write_text("x")
+    os.chmod(locked, 0o500)  # root may still delete in it; shutil.rmtree is the fallback otherwise
+    remove_tree(top)
+    assert not top.exists()
+    assert (tmp_path / "outside" / "keep").read_text() == "k"  # a link is removed, never followed
+    remove_tree(top)  # already gone: nothing to do
