@@ -1,0 +1,47 @@
+"""The API's asyncio Redis client packs commands with hiredis: the same bytes redis-py would send."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from jobyard.redis_conn import connect_async
+from jobyard.settings import Settings
+
+ARGS = ("EVALSHA", "a" * 40, 2, "k:é", b"raw\x00bytes", 0, -7, 1.5, 1733150000.123456, 1e-7, 2**62, "")
+
+
+def test_packing_matches_redis_py_and_refuses_what_it_refuses(redis_url: str, data_dir: Path) -> None:
+    client = connect_async(Settings(redis_url=redis_url, data_dir=data_dir))  # type: ignore[arg-type]
+    ours = client.connection_pool.make_connection()
+    plain = aioredis.Redis.from_url(redis_url).connection_pool.make_connection()
+    assert type(ours) is not type(plain), "connect_async should swap in the hiredis packer"
+    assert b"".join(ours.pack_command(*ARGS)) == b"".join(plain.pack_command(*ARGS))
+    assert b"".join(ours.pack_command("CONFIG GET", "maxmemory")) == b"".join(
+        plain.pack_command("CONFIG GET", "maxmemory")
+    )
+    for bad in (None, True, object()):
+        with pytest.raises(redis.DataError):
+            ours.pack_command("SET", "k", bad)
+        with pytest.raises(redis.DataError):
+            plain.pack_command("SET", "k", bad)
+
+
+def test_commands_and_pipelines_round_trip(redis_url: str, data_dir: Path) -> None:
+    async def scenario() -> list[object]:
+        client = connect_async(Settings(redis_url=redis_url, data_dir=data_dir))  # type: ignore[arg-type]
+        try:
+            await client.hset("h", mapping={"f": "é", "n": 1.25})
+            pipe = client.pipeline(transaction=False)
+            pipe.hget("h", "f")
+            pipe.hget("h", "n")
+            pipe.eval("return ARGV[1] .. ARGV[2]", 0, "x", 42)
+            return list(await pipe.execute())
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(scenario()) == ["é".encode(), b"1.25", b"x42"]
