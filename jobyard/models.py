@@ -162,7 +162,7 @@ class Run:
             for k, v in data.items()
         }
         kwargs: dict[str, Any] = {}
-        names = {f.name for f in fields(cls)}
+        names = _RUN_NAMES
         for name, value in raw.items():
             if name not in names or value == "":
                 continue
@@ -210,6 +210,7 @@ class Run:
 
 
 _RUN_FIELDS = fields(Run)
+_RUN_NAMES = frozenset(f.name for f in _RUN_FIELDS)
 
 
 @dataclass

@@ -61,11 +61,22 @@ def build_message(run_id: str, job: str, level: str) -> tuple[str, str]:
 
 @dataclass
 class Fetched:
-    """A message taken from a level for one slot."""
+    """A message taken from a level for one slot (with the claim of its run, when asked for)."""
 
     level: str
     redis_id: str
     message: Message[Any]
+    claim: list[Any] | None = None  # _claim.lua's reply
+
+
+@dataclass(frozen=True)
+class ClaimAs:
+    """Who claims the run of a fetched message in the same call (see ``_claim.lua``)."""
+
+    instance_id: str
+    pid: int
+    max_deaths: int
+    terminal: str  # terminal statuses, comma-separated
 
 
 class JobyardBroker(RedisBroker):
@@ -115,28 +126,37 @@ class JobyardBroker(RedisBroker):
         self.emit_after("enqueue", message, delay)
         return message
 
-    def fetch(self, levels: tuple[str, ...] = PRIORITY_LEVELS) -> Fetched | float | None:
-        """Take the next message in priority order (skipping jobs at their concurrency limit).
+    def fetch(
+        self, levels: tuple[str, ...] = PRIORITY_LEVELS, claim: ClaimAs | None = None
+    ) -> Fetched | float | None:
+        """Take the next message in priority order (skipping jobs at their concurrency limit);
+        with ``claim``, claim its run in the same call (the run lease is ``slot_lease_s``).
 
         Returns the message, or when none waits the epoch seconds of the next delayed eta (None
         when nothing is delayed either; 0.0 when the scan was cut short and should go on now).
         """
         k = self.keys
+        now = time.time()
+        claim_args = (
+            (claim.instance_id, claim.pid, claim.max_deaths, claim.terminal) if claim else ("", 0, 0, "")
+        )
         res = self.jy_scripts.fetch(
             keys=[k.heartbeats, k.delayed, k.wake],
             args=[
                 k.queue_namespace,
                 self.broker_id,
-                int(time.time() * 1000),
+                int(now * 1000),
                 int(self.slot_lease_s * 1000),
                 k.prefix,
                 int(self.aging_s * 1000),
+                *claim_args,
+                now,
                 *levels,
             ],
         )
         level = res[0].decode()
         if level:
-            return Fetched(level, res[1].decode(), Message.decode(res[2]))
+            return Fetched(level, res[1].decode(), Message.decode(res[2]), res[3] if len(res) > 3 else None)
         if res[1] == b"more":
             return 0.0
         return float(res[1]) / 1000 if res[1] else None

@@ -161,8 +161,14 @@ def prepare_finish(
     attempt: int | None = None,
     history_size: int | None = None,
     fields: dict[str, Any] | None = None,
+    lines: list[tuple[float, str, str]] | None = None,
+    ack: tuple[str, str, str, str] | None = None,
 ) -> tuple[list[str], list[Any]]:
-    """Keys and arguments for ``finish_run.lua`` (see ``RunStore.finish``)."""
+    """Keys and arguments for ``finish_run.lua`` (see ``RunStore.finish``).
+
+    ``lines``: log lines ``(t, stream, text)`` to append in the same call; ``ack``: the delivered
+    message to ack in it, as ``(queue namespace, broker id, level, message id)``.
+    """
     flat: list[Any] = []
     for name, value in (fields or {}).items():
         if value is None:
@@ -180,7 +186,11 @@ def prepare_finish(
         keys.job(job),
         keys.wake,
         keys.job_done(job),
+        keys.run_log(run_id),
     ]
+    log_args: list[Any] = []
+    for t, stream, text in lines or ():
+        log_args += [repr(t), stream, text]
     args = [
         "" if attempt is None else attempt,
         time.time(),
@@ -189,6 +199,9 @@ def prepare_finish(
         history_size or settings.default_history_size,
         keys.prefix,
         TERMINAL_LUA,
+        *(ack or ("", "", "", "")),
+        len(log_args) // 3,
+        *log_args,
         *flat,
     ]
     return script_keys, args

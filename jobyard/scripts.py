@@ -20,10 +20,19 @@ SCRIPT_NAMES = (
 )
 
 
+INCLUDE = "--! include "
+
+
 @cache
 def source(name: str) -> str:
-    """The text of ``jobyard/lua/<name>.lua``."""
-    return resources.files("jobyard").joinpath("lua", f"{name}.lua").read_text()
+    """The text of ``jobyard/lua/<name>.lua``, with each ``--! include <other>`` line replaced by
+    the text of ``<other>.lua`` (Redis scripts cannot call each other; shared functions live in
+    files named ``_*.lua``)."""
+    text = resources.files("jobyard").joinpath("lua", f"{name}.lua").read_text()
+    return "".join(
+        source(line[len(INCLUDE) :].strip()) if line.startswith(INCLUDE) else line
+        for line in text.splitlines(keepends=True)
+    )
 
 
 class Scripts:

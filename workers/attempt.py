@@ -8,7 +8,6 @@ import os
 import shlex
 import signal
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -265,25 +264,3 @@ def _judge(
         interrupted=interrupted,
         lease_lost=lease_lost,
     )
-
-
-def write_pid_file(directory: Path, run_id: str, pgid: int, worker_pid: int) -> Path:
-    """Record a script's process group so a restarted worker can find it if this one dies."""
-    path = directory / f"{run_id}.pgid"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-    try:
-        fd = os.open(path, flags, 0o600)
-    except FileNotFoundError:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, flags, 0o600)
-    try:
-        os.write(fd, f"{pgid} {worker_pid} {time.time():.3f}\n".encode())
-    finally:
-        os.close(fd)
-    return path
-
-
-def remove_pid_file(directory: Path, run_id: str) -> None:
-    """Forget a finished script's process group."""
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(directory / f"{run_id}.pgid")

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import dramatiq
-import redis
 from dramatiq.broker import MessageProxy
 
 from jobyard.errors import NotFound
@@ -66,6 +65,16 @@ def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
+def parse_claim(res: list[Any]) -> Claim:
+    """Read ``_claim.lua``'s answer (from claim_run.lua or fetch.lua)."""
+    outcome = res[0].decode()
+    if outcome == "claimed":
+        return Claim(
+            outcome, Run.from_hash(_pairs(res[1])), Job.from_hash(_pairs(res[2])), secrets=_pairs(res[3])
+        )
+    return Claim(outcome, detail=res[1].decode() if len(res) > 1 else "")
+
+
 class Executor:
     """Processes fetched messages for one worker process (thread-safe; one call per slot)."""
 
@@ -80,7 +89,7 @@ class Executor:
         disposition = "ack"
         ctx.broker.emit_before("process_message", proxy)
         try:
-            disposition = self.execute(str(proxy.args[0]), str(proxy.args[1]), proxy)
+            disposition = self.execute(str(proxy.args[0]), str(proxy.args[1]), proxy, fetched)
             ctx.broker.emit_after("process_message", proxy, result=None)
         except BaseException as exc:
             proxy.stuff_exception(exc)
@@ -99,13 +108,17 @@ class Executor:
                 ctx.retrying(lambda: ctx.broker.nack_message(fetched), "nack")
             elif disposition == "requeue":
                 ctx.retrying(lambda: ctx.broker.requeue_message(fetched), "requeue")
-            else:
+            elif disposition != "acked":  # "acked": finish_run.lua acked it with the outcome
                 ctx.retrying(lambda: ctx.broker.ack_message(fetched), "ack")
 
-    def execute(self, run_id: str, job_name: str, proxy: MessageProxy) -> str:
-        """Claim and run; returns ``ack`` or ``requeue``, raises Retry or RunFailed (see module doc)."""
+    def execute(self, run_id: str, job_name: str, proxy: MessageProxy, fetched: Fetched | None = None) -> str:
+        """Claim and run; returns ``ack``, ``acked`` (done with the outcome) or ``requeue``, raises
+        Retry or RunFailed (see module doc)."""
         ctx = self.ctx
-        claim = ctx.retrying(lambda: self.claim(run_id, job_name), "claim")
+        if fetched is not None and fetched.claim is not None:
+            claim = parse_claim(fetched.claim)  # fetch.lua claimed it with the message
+        else:
+            claim = ctx.retrying(lambda: self.claim(run_id, job_name), "claim")
         if claim.outcome == "busy" and claim.detail == ctx.worker_id and not ctx.is_running(run_id):
             # Our own claim went through but its reply was lost (connection reset): it is ours.
             claim = Claim("claimed", ctx.store.get(run_id), None)
@@ -119,13 +132,13 @@ class Executor:
             ctx.hooks.emit("after_drop", "busy", run_id)
             return "ack"
         if claim.outcome == "cancelled":
-            self._finish_without_running(run_id, RunStatus.CANCELLED, "cancelled before it started")
-            return "ack"
+            self._finish_without_running(run_id, RunStatus.CANCELLED, "cancelled before it started", fetched)
+            return "acked" if fetched else "ack"
         if claim.outcome == "nojob":
             self._finish_without_running(
-                run_id, RunStatus.FAILED, "the job was deleted before the run started"
+                run_id, RunStatus.FAILED, "the job was deleted before the run started", fetched
             )
-            return "ack"
+            return "acked" if fetched else "ack"
         if claim.outcome == "dead":
             run = ctx.store.get(run_id)
             reason = (
@@ -134,7 +147,7 @@ class Executor:
             self.record(run, self._job_or_none(job_name), RunStatus.FAILED, "deadletter", error=reason)
             raise RunFailed(reason)
         assert claim.run is not None and claim.job is not None
-        return self._attempt(claim.run, claim.job, claim.secrets)
+        return self._attempt(claim.run, claim.job, claim.secrets, fetched)
 
     def claim(self, run_id: str, job_name: str) -> Claim:
         """Call ``claim_run.lua`` for ``run_id``."""
@@ -157,15 +170,12 @@ class Executor:
                 TERMINAL_LUA,
             ],
         )
-        outcome = res[0].decode()
-        if outcome == "claimed":
-            return Claim(
-                outcome, Run.from_hash(_pairs(res[1])), Job.from_hash(_pairs(res[2])), secrets=_pairs(res[3])
-            )
-        return Claim(outcome, detail=res[1].decode() if len(res) > 1 else "")
+        return parse_claim(res)
 
     # -- an attempt --------------------------------------------------------------------------
-    def _attempt(self, run: Run, job: Job, secrets: dict[bytes, bytes] | None = None) -> str:
+    def _attempt(
+        self, run: Run, job: Job, secrets: dict[bytes, bytes] | None = None, fetched: Fetched | None = None
+    ) -> str:
         ctx = self.ctx
         ctx.hooks.emit("after_claim", run, job)
         result: AttemptResult = run_attempt(ctx, run, job, secrets_raw=secrets)
@@ -177,8 +187,8 @@ class Executor:
             ctx.hooks.emit("after_requeue", run, job)
             return "requeue"
         if result.status in (RunStatus.SUCCEEDED, RunStatus.CANCELLED):
-            self.record(run, job, result.status, "final", lines=result.lines, **result.fields())
-            return "ack"
+            self.record(run, job, result.status, "final", lines=result.lines, ack=fetched, **result.fields())
+            return "acked" if fetched else "ack"
         # failed or timed out: retry while the budget lasts
         failures = run.failures + 1
         js = result.job_settings
@@ -217,9 +227,11 @@ class Executor:
         raise RunFailed(result.error or result.status.value)
 
     # -- recording ---------------------------------------------------------------------------
-    def _finish_without_running(self, run_id: str, status: RunStatus, error: str) -> None:
+    def _finish_without_running(
+        self, run_id: str, status: RunStatus, error: str, fetched: Fetched | None = None
+    ) -> None:
         run = self.ctx.store.get(run_id)
-        self.record(run, self._job_or_none(run.job), status, "final", error=error)
+        self.record(run, self._job_or_none(run.job), status, "final", error=error, ack=fetched)
 
     def _job_or_none(self, name: str) -> Job | None:
         """The job record (for its history size and the hooks), None when it was deleted."""
@@ -236,44 +248,35 @@ class Executor:
         mode: str,
         *,
         lines: list[tuple[float, str, str]] | None = None,
+        ack: Fetched | None = None,
         **fields: Any,
     ) -> None:
-        """Write the last log lines and the outcome in one round trip, then tell the hooks."""
+        """Write the last log lines and the outcome (and ack ``ack``) in one round trip, then tell
+        the hooks."""
         ctx = self.ctx
         history = None
         if job is not None:
             history = int(job.settings.get("history_size") or ctx.settings.default_history_size)
 
-        unwritten = list(lines or [])
-
-        def write() -> tuple[str, str]:
-            pipe = ctx.client.pipeline(transaction=False)
-            if unwritten:
-                ctx.store.append_log(pipe, run.id, unwritten)
-            keys, args = prepare_finish(
-                ctx.keys,
-                ctx.settings,
-                run.id,
-                run.job,
-                status,
-                mode=mode,
-                attempt=run.attempt if run.attempt else None,
-                history_size=history,
-                fields=fields,
-            )
-            # EVALSHA directly: a Script object in a pipeline costs a SCRIPT EXISTS per run. A
-            # Redis that lost its script cache answers NOSCRIPT: load it and go again (the log
-            # lines of this pipeline were written, so they are not sent twice).
-            script = ctx.store.scripts.finish_run
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
-            try:
-                return parse_finish(pipe.execute()[-1])
-            except redis.exceptions.NoScriptError:
-                unwritten.clear()
-                ctx.client.script_load(script.script)
-                raise redis.ConnectionError("finish_run was not loaded; loaded it, trying again") from None
-
-        outcome, detail = ctx.retrying(write, "record the run's outcome")
+        # One script call writes the last log lines, the outcome and (ack) the message's ack;
+        # repeated after a lost reply it finds the run finished and writes nothing twice.
+        keys, args = prepare_finish(
+            ctx.keys,
+            ctx.settings,
+            run.id,
+            run.job,
+            status,
+            mode=mode,
+            attempt=run.attempt if run.attempt else None,
+            history_size=history,
+            fields=fields,
+            lines=lines,
+            ack=(ctx.keys.queue_namespace, ctx.worker_id, ack.level, ack.redis_id) if ack else None,
+        )
+        outcome, detail = ctx.retrying(
+            lambda: parse_finish(ctx.store.scripts.finish_run(keys=keys, args=args)),
+            "record the run's outcome",
+        )
         if outcome != "ok":
             log.info(
                 "run %s: outcome not recorded (%s %s)", run.id, outcome, detail, extra={"run_id": run.id}

@@ -37,17 +37,17 @@ from dramatiq.middleware import Retries
 from jobyard import metrics
 from jobyard.hooks import HookChain
 from jobyard.keys import Keys
-from jobyard.models import Job
+from jobyard.models import TERMINAL_LUA, Job
 from jobyard.packages import remove_tree
-from jobyard.queue import DRAMATIQ_MAX_RETRIES, RUN_ACTOR, Fetched, JobyardBroker
+from jobyard.queue import DRAMATIQ_MAX_RETRIES, RUN_ACTOR, ClaimAs, Fetched, JobyardBroker
 from jobyard.redis_conn import CONNECTION_ERRORS, connect, wait_for_redis
 from jobyard.runs import RunStore
 from jobyard.settings import Settings
 from workers import packaging
-from workers.attempt import remove_pid_file, write_pid_file
 from workers.callbacks import CallbackHooks, CallbackSender
 from workers.continuous import Supervisor
 from workers.executor import Executor, RunFailed
+from workers.orphans import PidFiles
 from workers.runner import StopControl, StopReason
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,7 @@ class Worker:
             options={"throws": (RunFailed,), "max_retries": DRAMATIQ_MAX_RETRIES},
         )
         self.worker_id = self.broker.broker_id
+        self._claim_as = ClaimAs(settings.instance_id, os.getpid(), settings.max_worker_deaths, TERMINAL_LUA)
         self.pid = os.getpid()
         self.host = socket.gethostname()
         self.store = RunStore(self.client, self.keys, settings)
@@ -95,6 +96,7 @@ class Worker:
         self.packages = packaging.HostPackages(settings, self.client, self.keys)
         self.executor = Executor(self)
         self.pid_dir = settings.data_dir / "pids"
+        self.pid_files = PidFiles(self.pid_dir, self.pid)
         self._controls: dict[str, StopControl] = {}
         self._limited: dict[str, str] = {}  # run id -> job name, for runs holding a concurrency slot
         self._lock = threading.Lock()
@@ -145,10 +147,10 @@ class Worker:
             self._limited.pop(run_id, None)
 
     def track_process(self, run_id: str, pgid: int) -> None:
-        write_pid_file(self.pid_dir, run_id, pgid, self.pid)
+        self.pid_files.track(run_id, pgid)
 
     def untrack_process(self, run_id: str) -> None:
-        remove_pid_file(self.pid_dir, run_id)
+        self.pid_files.untrack(run_id)
 
     def write_log(self, run_id: str, lines: list[tuple[float, str, str]]) -> None:
         """Append log lines now (one round trip); raises a connection error for the caller to keep
@@ -234,7 +236,7 @@ class Worker:
             try:
                 if self.stopping:  # the stop came while we waited for a slot: take nothing
                     break
-                got = self.broker.fetch()
+                got = self.broker.fetch(claim=self._claim_as)
                 delay = 0.1
                 if isinstance(got, Fetched):
                     self._start_slot(got)
@@ -278,6 +280,7 @@ class Worker:
         self.callbacks.stop()
         self._janitor.put(None)
         self._janitor_thread.join(30)
+        self.pid_files.close()
         self._stopped.set()
         try:
             pipe = self.client.pipeline(transaction=False)

@@ -17,15 +17,24 @@
 -- slot or blocks the others. finish_run.lua (and unpark.lua, for slots whose lease expired with
 -- a dead worker) put parked messages back at the front of their level.
 --
+-- Claiming (ARGV[7] not ""): the run of the message handed out is claimed in the same call, as
+-- claim_run.lua would (see _claim.lua), which saves the worker a round trip per run.
+--
 -- KEYS[1] heartbeats zset  KEYS[2] delayed zset  KEYS[3] wake list
--- ARGV[1] queue namespace  ARGV[2] broker id  ARGV[3] now ms  ARGV[4] slot lease ms
--- ARGV[5] key prefix  ARGV[6] aging ms (0: strict, no aging)  ARGV[7..] levels in priority order
+-- ARGV[1] queue namespace  ARGV[2] broker id  ARGV[3] now ms  ARGV[4] slot lease ms (also the
+-- run lease)  ARGV[5] key prefix  ARGV[6] aging ms (0: strict, no aging)
+-- ARGV[7] instance id to claim as ("" = do not claim)  ARGV[8] worker pid  ARGV[9] max deaths
+-- ARGV[10] terminal statuses  ARGV[11] now, epoch seconds (the run's started_at)
+-- ARGV[12..] levels in priority order
 --
 -- Aging (off by default, JOBYARD_PRIORITY_AGING_SECONDS): priority is strict, so a steady stream
 -- of high runs starves low ones forever. With aging on, a waiting message rises one level per
 -- aging period it has waited (by its enqueue time): the oldest message of each lower level is
 -- moved to the tail of the level it has risen to before the scan.
--- Returns {level, message id, data} | {"", next eta ms or ""} | {"", "more"} (scan cut short)
+-- Returns {level, message id, data[, claim reply]} | {"", next eta ms or ""} | {"", "more"}
+-- (scan cut short)
+
+--! include _claim
 
 local ns = ARGV[1]
 local broker = ARGV[2]
@@ -33,21 +42,22 @@ local now = tonumber(ARGV[3])
 local lease = tonumber(ARGV[4])
 local prefix = ARGV[5]
 local aging = tonumber(ARGV[6])
-local first_level = 7
+local first_level = 12
 
 -- Reserve a concurrency slot for the message's run; false when the job is at its limit.
+-- Returns free, job, run id (job and run id nil when the message does not name them).
 local function reserve(data)
   local ok, msg = pcall(cjson.decode, data)
   if not ok or type(msg) ~= "table" or type(msg["args"]) ~= "table" then
     return true
   end
   local run_id, job = msg["args"][1], msg["args"][2]
-  if type(job) ~= "string" then
+  if type(job) ~= "string" or type(run_id) ~= "string" then
     return true
   end
   local limit = tonumber(redis.call("hget", prefix .. ":job:" .. job, "max_concurrency") or "0") or 0
   if limit <= 0 then
-    return true
+    return true, job, run_id
   end
   local slots = prefix .. ":job:" .. job .. ":slots"
   redis.call("zremrangebyscore", slots, "-inf", now)
@@ -55,7 +65,7 @@ local function reserve(data)
     return false, job
   end
   redis.call("zadd", slots, now + lease, run_id)
-  return true
+  return true, job, run_id
 end
 redis.call("zadd", KEYS[1], now, broker)
 
@@ -110,10 +120,16 @@ for i = first_level, #ARGV do
     scanned = scanned + 1
     local data = redis.call("hget", queue .. ".msgs", mid)
     if data then
-      local free, job = reserve(data)
+      local free, job, run_id = reserve(data)
       if free then
         redis.call("sadd", ns .. ":__acks__." .. broker .. "." .. level, mid)
-        return {level, mid, data}
+        if ARGV[7] == "" or not run_id then
+          return {level, mid, data}
+        end
+        local run = prefix .. ":run:" .. run_id
+        local reply = claim(run, run .. ":lease", prefix .. ":job:" .. job, prefix .. ":job:" .. job .. ":slots",
+          prefix .. ":secrets:" .. job, broker, ARGV[7], ARGV[8], ARGV[11], lease, ARGV[9], ARGV[10])
+        return {level, mid, data, reply}
       end
       redis.call("rpush", prefix .. ":job:" .. job .. ":parked", level .. "|" .. mid)
       redis.call("sadd", prefix .. ":parked", job)

@@ -4,12 +4,27 @@
 -- KEYS[1] run hash  KEYS[2] run lease  KEYS[3] job history zset  KEYS[4] job active set
 -- KEYS[5] dead letters zset  KEYS[6] job slots zset  KEYS[7] job parked list  KEYS[8] parked jobs set
 -- KEYS[9] job hash  KEYS[10] wake list  KEYS[11] job's finished runs zset (end ms), for trimming
+-- KEYS[12] run log stream
 -- ARGV[1] expected attempt ("" = any)  ARGV[2] now (epoch s)  ARGV[3] new status
 -- ARGV[4] mode: "final" | "retry" | "requeue" | "deadletter"
 -- ARGV[5] history size  ARGV[6] key prefix (for trimming old runs)  ARGV[7] terminal statuses
--- ARGV[8..] field, value pairs to set (exit_code, error, result, next_attempt_at, ...)
+-- ARGV[8..11] the delivered message to ack with the outcome, as dramatiq's "ack" does: queue
+--   namespace ("" = none), worker (broker) id, level, message id
+-- ARGV[12] n: log lines to append first, then ARGV[13 .. 12+3n] their (t, stream, text)
+-- ARGV[13+3n ..] field, value pairs to set (exit_code, error, result, next_attempt_at, ...)
 -- Returns {"ok", status} | {"missing"} | {"terminal", status} | {"stale", attempt}
+--
+-- One call per run end instead of a pipeline of XADDs, this script and dramatiq's ack: the ack
+-- happens whatever the outcome (a redelivered message of a finished run is dropped all the same),
+-- and log lines are only written to a run that is not finished yet, so a call repeated after a
+-- lost reply adds nothing twice.
 
+if ARGV[8] ~= "" then
+  local ns, level, mid = ARGV[8], ARGV[10], ARGV[11]
+  if redis.call("srem", ns .. ":__acks__." .. ARGV[9] .. "." .. level, mid) > 0 then
+    redis.call("hdel", ns .. ":" .. level .. ".msgs", mid)
+  end
+end
 if redis.call("exists", KEYS[1]) == 0 then
   return {"missing"}
 end
@@ -18,6 +33,10 @@ local status = redis.call("hget", KEYS[1], "status")
 if string.find(terminal, "," .. status .. ",", 1, true) then
   return {"terminal", status}
 end
+local n_lines = tonumber(ARGV[12])
+for i = 13, 12 + 3 * n_lines, 3 do
+  redis.call("xadd", KEYS[12], "*", "t", ARGV[i], "s", ARGV[i + 1], "m", ARGV[i + 2])
+end
 local attempt = redis.call("hget", KEYS[1], "attempt") or "0"
 if ARGV[1] ~= "" and attempt ~= ARGV[1] then
   return {"stale", attempt}
@@ -25,7 +44,7 @@ end
 
 local mode = ARGV[4]
 local fields = {"status", ARGV[3]}
-for i = 8, #ARGV do
+for i = 13 + 3 * n_lines, #ARGV do
   fields[#fields + 1] = ARGV[i]
 end
 redis.call("hset", KEYS[1], unpack(fields))
