@@ -36,7 +36,7 @@ from dramatiq.middleware import Retries
 
 from jobyard import metrics
 from jobyard.hooks import HookChain
-from jobyard.keys import Keys
+from jobyard.keys import PRIORITY_LEVELS, Keys
 from jobyard.models import TERMINAL_LUA, Job
 from jobyard.packages import remove_tree
 from jobyard.queue import DRAMATIQ_MAX_RETRIES, RUN_ACTOR, ClaimAs, Fetched, JobyardBroker
@@ -53,6 +53,7 @@ from workers.runner import StopControl, StopReason
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 ORPHAN_CHECK_EVERY = 5  # heartbeats
+ACK_CHECK_EVERY = 3  # heartbeats
 DEAD_LETTER_SWEEP_EVERY = 30  # heartbeats
 
 
@@ -102,6 +103,8 @@ class Worker:
         self._lock = threading.Lock()
         self._free = threading.Semaphore(self.concurrency)
         self._busy = 0
+        self._held: set[str] = set()  # message ids fetched and not yet settled
+        self._ack_suspects: set[tuple[str, str]] = set()
         self.stopping = False
         self.hard_stop = False
         self._stopped = threading.Event()
@@ -260,6 +263,7 @@ class Worker:
     def _start_slot(self, fetched: Fetched) -> None:
         with self._lock:
             self._busy += 1
+            self._held.add(fetched.redis_id)
         self._pool.submit(self._slot, fetched)
 
     def _slot(self, fetched: Fetched) -> None:
@@ -270,6 +274,7 @@ class Worker:
         finally:
             with self._lock:
                 self._busy -= 1
+                self._held.discard(fetched.redis_id)
             self._free.release()
 
     def _drain(self) -> None:
@@ -303,6 +308,8 @@ class Worker:
                 reap_orphans(self.pid_dir)
             try:
                 self._beat()
+                if beats % ACK_CHECK_EVERY == 0:
+                    self._reconcile_acks()
                 if beats % DEAD_LETTER_SWEEP_EVERY == 0:
                     self._expire_dead_letters()
             except CONNECTION_ERRORS as exc:
@@ -310,6 +317,44 @@ class Worker:
                 log.warning("heartbeat failed: Redis unreachable (%s)", exc)
             except Exception:
                 log.exception("heartbeat failed")
+
+    def _reconcile_acks(self) -> None:
+        """Give back messages our ack sets hold that no slot of ours holds.
+
+        A message is in this process's ack set from the fetch until its ack, and a slot holds it
+        all that time. One found in an ack set twice in a row (a few heartbeats apart) that no slot
+        held either time was left there by a fetch whose reply never arrived (the connection broke
+        after the script ran), or by a Sentinel failover whose new master kept the fetch but not
+        what followed. Nothing else would ever re-queue it: dramatiq's maintenance only looks at
+        dead workers' ack sets. Put back with dramatiq's own requeue; its claim sorts out whether
+        the run still has to run.
+        """
+        k = self.keys
+        pipe = self.client.pipeline(transaction=False)
+        for level in PRIORITY_LEVELS:
+            pipe.smembers(f"{k.queue_namespace}:__acks__.{self.worker_id}.{level}")
+        found = pipe.execute()
+        with self._lock:
+            held = set(self._held)
+        suspects = {
+            (level, raw.decode())
+            for level, members in zip(PRIORITY_LEVELS, found, strict=True)
+            for raw in members
+            if raw.decode() not in held
+        }
+        again = suspects & self._ack_suspects
+        self._ack_suspects = suspects - again
+        for level in PRIORITY_LEVELS:
+            ids = [mid for lvl, mid in again if lvl == level]
+            if ids:
+                log.warning(
+                    "re-queueing %d message(s) left in our %s ack set with no slot holding them",
+                    len(ids),
+                    level,
+                )
+                self.broker.do_requeue(level, *ids)
+        if again:
+            self.client.lpush(k.wake, "1")
 
     def _expire_dead_letters(self) -> None:
         """Purge dead letters older than ``dead_letter_ttl_seconds`` with their run records and logs.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import time
 from pathlib import Path
 
 import psutil
@@ -188,3 +189,39 @@ def test_dead_letters_are_kept_for_their_ttl_then_purged(deploy, store, workers,
     wait_until(lambda: r.zscore(k.dead_letters, run_id) is None, timeout=15, what="the dead letter to expire")
     assert not r.exists(k.run(run_id)) and not r.exists(k.run_log(run_id))
     assert r.zscore(k.job_runs("doomed"), run_id) is None
+
+
+def _worker_id(r, pid: int) -> str | None:  # type: ignore[no-untyped-def]
+    k = Keys()
+    for raw in r.zrange(k.workers, 0, -1):
+        if r.hget(k.worker(raw.decode()), "pid") == str(pid).encode():
+            return str(raw.decode())
+    return None
+
+
+def test_a_message_stranded_in_a_live_workers_ack_set_is_given_back(deploy, store, workers, r) -> None:  # type: ignore[no-untyped-def]
+    """What a fetch whose reply was lost (or a failover that kept only the fetch) leaves behind:
+    the message in this live worker's ack set, no slot holding it; one as queued, one claimed."""
+    k = Keys()
+    deploy("stranded", {"run.sh": "echo ran attempt $JOBYARD_ATTEMPT\n"})
+    worker = workers(1, JOBYARD_HEARTBEAT_INTERVAL_SECONDS="0.3")
+    wait_until(lambda: _worker_id(r, worker.pid), timeout=15, what="the worker to register")
+    worker_id = _worker_id(r, worker.pid)
+    far = time.time() + 3600
+    queued, claimed = enqueue(store, "stranded", run_at=far), enqueue(store, "stranded", run_at=far)
+    # strand both messages: out of the delayed set, into the worker's ack set, as fetch.lua does
+    for member in r.zrange(k.delayed, 0, -1):
+        level, mid = member.decode().split("|")
+        r.zrem(k.delayed, member)
+        r.sadd(f"{k.queue_namespace}:__acks__.{worker_id}.{level}", mid)
+    # the second one as fetch.lua's claim left it: running, attempt 1, the lease held by this worker
+    r.hset(k.run(claimed), mapping={"status": "running", "attempt": 1, "worker": "lost-reply"})
+    r.set(k.run_lease(claimed), str(worker_id), px=60_000)
+    # then: both are put back and run, the claimed one as the attempt it had already been given
+    first = wait_status(store, queued, {"succeeded", "failed"}, timeout=20)
+    second = wait_status(store, claimed, {"succeeded", "failed"}, timeout=20)
+    assert (first.status.value, first.attempt) == ("succeeded", 1)
+    assert (second.status.value, second.attempt) == ("succeeded", 1)
+    assert ("INFO", "ran attempt 1") in log_lines(store, claimed)
+    assert r.scard(f"{k.queue_namespace}:__acks__.{worker_id}.normal") == 0
+    assert "re-queueing 2 message(s) left in our normal ack set" in worker.output()
