@@ -135,25 +135,34 @@ class JobyardBroker(RedisBroker):
         Returns the message, or when none waits the epoch seconds of the next delayed eta (None
         when nothing is delayed either; 0.0 when the scan was cut short and should go on now).
         """
+        keys, args = self.fetch_call(levels, claim)
+        return self.parse_fetch(self.jy_scripts.fetch(keys=keys, args=args))
+
+    def fetch_call(
+        self, levels: tuple[str, ...] = PRIORITY_LEVELS, claim: ClaimAs | None = None
+    ) -> tuple[list[str], list[Any]]:
+        """Keys and arguments of ``fetch.lua`` (for a caller that sends it in a pipeline)."""
         k = self.keys
         now = time.time()
-        claim_args = (
-            (claim.instance_id, claim.pid, claim.max_deaths, claim.terminal) if claim else ("", 0, 0, "")
-        )
-        res = self.jy_scripts.fetch(
-            keys=[k.heartbeats, k.delayed, k.wake],
-            args=[
-                k.queue_namespace,
-                self.broker_id,
-                int(now * 1000),
-                int(self.slot_lease_s * 1000),
-                k.prefix,
-                int(self.aging_s * 1000),
-                *claim_args,
-                now,
-                *levels,
-            ],
-        )
+        claim_args = ("", 0, 0, "")
+        if claim is not None:
+            claim_args = (claim.instance_id, claim.pid, claim.max_deaths, claim.terminal)
+        args = [
+            k.queue_namespace,
+            self.broker_id,
+            int(now * 1000),
+            int(self.slot_lease_s * 1000),
+            k.prefix,
+            int(self.aging_s * 1000),
+            *claim_args,
+            now,
+            *levels,
+        ]
+        return [k.heartbeats, k.delayed, k.wake], args
+
+    @staticmethod
+    def parse_fetch(res: list[Any]) -> Fetched | float | None:
+        """Read ``fetch.lua``'s answer (see ``fetch``)."""
         level = res[0].decode()
         if level:
             return Fetched(level, res[1].decode(), Message.decode(res[2]), res[3] if len(res) > 3 else None)

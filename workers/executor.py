@@ -21,11 +21,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
+import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import dramatiq
+import redis
 from dramatiq.broker import MessageProxy
 
 from jobyard.errors import NotFound
@@ -80,6 +82,7 @@ class Executor:
 
     def __init__(self, ctx: WorkerContext) -> None:
         self.ctx = ctx
+        self._next = threading.local()  # a slot's next message, fetched with its last outcome
 
     # -- the message -------------------------------------------------------------------------
     def process(self, fetched: Fetched) -> None:
@@ -226,6 +229,42 @@ class Executor:
         self.record(run, job, result.status, "deadletter", lines=lines, failures=failures, **result.fields())
         raise RunFailed(result.error or result.status.value)
 
+    def _finish_and_fetch(self, keys: list[str], args: list[Any]) -> tuple[str, str]:
+        """finish_run and, in the same round trip, the fetch of this slot's next message.
+
+        The slot is still ours, so taking its next message now prefetches nothing: it is what the
+        dispatcher would fetch for it a moment later, a round trip and two thread switches
+        sooner. The message (if any) is kept for the slot (``take_next``). EVALSHA directly: a Script
+        in a pipeline costs a SCRIPT EXISTS per call; a Redis that lost its script cache answers
+        NOSCRIPT: finish_run is then sent again on its own, the fetch left to the dispatcher.
+        """
+        ctx = self.ctx
+        finish, fetch = ctx.store.scripts.finish_run, ctx.broker.jy_scripts.fetch
+        fetch_keys, fetch_args = ctx.broker.fetch_call(claim=ctx.claim_as)
+        pipe = ctx.client.pipeline(transaction=False)
+        pipe.evalsha(finish.sha, len(keys), *keys, *args)
+        pipe.evalsha(fetch.sha, len(fetch_keys), *fetch_keys, *fetch_args)
+        finished, fetched = pipe.execute(raise_on_error=False)
+        if isinstance(fetched, redis.exceptions.NoScriptError):
+            ctx.client.script_load(fetch.script)  # no next message this time: the dispatcher fetches
+        elif isinstance(fetched, Exception):
+            raise fetched
+        else:
+            got = ctx.broker.parse_fetch(fetched)
+            if isinstance(got, Fetched):
+                self._next.fetched = got
+        if isinstance(finished, redis.exceptions.NoScriptError):
+            return parse_finish(finish(keys=keys, args=args))  # a Script loads itself
+        if isinstance(finished, Exception):
+            raise finished
+        return parse_finish(finished)
+
+    def take_next(self) -> Fetched | None:
+        """The message fetched with the last outcome this thread recorded, if any (once)."""
+        got: Fetched | None = getattr(self._next, "fetched", None)
+        self._next.fetched = None
+        return got
+
     # -- recording ---------------------------------------------------------------------------
     def _finish_without_running(
         self, run_id: str, status: RunStatus, error: str, fetched: Fetched | None = None
@@ -273,10 +312,15 @@ class Executor:
             lines=lines,
             ack=(ctx.keys.queue_namespace, ctx.worker_id, ack.level, ack.redis_id) if ack else None,
         )
-        outcome, detail = ctx.retrying(
-            lambda: parse_finish(ctx.store.scripts.finish_run(keys=keys, args=args)),
-            "record the run's outcome",
-        )
+        if ack is not None and mode == "final" and not ctx.stopping:
+            outcome, detail = ctx.retrying(
+                lambda: self._finish_and_fetch(keys, args), "record the run's outcome"
+            )
+        else:
+            outcome, detail = ctx.retrying(
+                lambda: parse_finish(ctx.store.scripts.finish_run(keys=keys, args=args)),
+                "record the run's outcome",
+            )
         if outcome != "ok":
             log.info(
                 "run %s: outcome not recorded (%s %s)", run.id, outcome, detail, extra={"run_id": run.id}

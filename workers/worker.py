@@ -87,7 +87,7 @@ class Worker:
             options={"throws": (RunFailed,), "max_retries": DRAMATIQ_MAX_RETRIES},
         )
         self.worker_id = self.broker.broker_id
-        self._claim_as = ClaimAs(settings.instance_id, os.getpid(), settings.max_worker_deaths, TERMINAL_LUA)
+        self.claim_as = ClaimAs(settings.instance_id, os.getpid(), settings.max_worker_deaths, TERMINAL_LUA)
         self.pid = os.getpid()
         self.host = socket.gethostname()
         self.store = RunStore(self.client, self.keys, settings)
@@ -239,7 +239,7 @@ class Worker:
             try:
                 if self.stopping:  # the stop came while we waited for a slot: take nothing
                     break
-                got = self.broker.fetch(claim=self._claim_as)
+                got = self.broker.fetch(claim=self.claim_as)
                 delay = 0.1
                 if isinstance(got, Fetched):
                     self._start_slot(got)
@@ -267,14 +267,24 @@ class Worker:
         self._pool.submit(self._slot, fetched)
 
     def _slot(self, fetched: Fetched) -> None:
+        """Run messages on this slot: the first from the dispatcher, then any fetched with the
+        previous outcome (``Executor._finish_and_fetch``), until none comes."""
+        current: Fetched | None = fetched
         try:
-            self.executor.process(fetched)
-        except Exception:
-            log.exception("slot failed on message %s", fetched.redis_id)
+            while current is not None:
+                try:
+                    self.executor.process(current)
+                except Exception:
+                    log.exception("slot failed on message %s", current.redis_id)
+                nxt = self.executor.take_next()
+                with self._lock:
+                    self._held.discard(current.redis_id)
+                    if nxt is not None:
+                        self._held.add(nxt.redis_id)
+                current = nxt
         finally:
             with self._lock:
                 self._busy -= 1
-                self._held.discard(fetched.redis_id)
             self._free.release()
 
     def _drain(self) -> None:

@@ -225,3 +225,18 @@ def test_a_message_stranded_in_a_live_workers_ack_set_is_given_back(deploy, stor
     assert ("INFO", "ran attempt 1") in log_lines(store, claimed)
     assert r.scard(f"{k.queue_namespace}:__acks__.{worker_id}.normal") == 0
     assert "re-queueing 2 message(s) left in our normal ack set" in worker.output()
+
+
+def test_a_flushed_script_cache_is_reloaded_without_losing_a_run(deploy, store, workers, r) -> None:  # type: ignore[no-untyped-def]
+    deploy("flushed", {"run.sh": "echo ok\n"})
+    worker = workers(2)
+    first = [enqueue(store, "flushed") for _ in range(6)]
+    for run_id in first:
+        assert wait_status(store, run_id, {"succeeded", "failed"}).status.value == "succeeded"
+    r.script_flush()  # a Redis restarted without its scripts, or flushed by an operator
+    then = [enqueue(store, "flushed") for _ in range(6)]
+    for run_id in then:
+        run = wait_status(store, run_id, {"succeeded", "failed"})
+        assert run.status.value == "succeeded"
+        assert ("INFO", "ok") in log_lines(store, run_id)
+    assert "Redis unreachable" not in worker.output()
