@@ -199,18 +199,27 @@ def run_attempt(
         ctx.remove_tree(paths.attempt_dir)
 
 
+_DATA_DIRS: set[Path] = set()  # jobs' data directories this process made or found
+
+
 def make_attempt_dirs(paths: RunPaths) -> None:
-    """The job's data directory (kept) and the attempt's own directories (new)."""
-    for path in (paths.data, paths.attempt_dir):
-        try:
-            os.mkdir(path)
-        except FileExistsError:
-            continue
-        except FileNotFoundError:  # the first run of this job (or of this host)
-            path.mkdir(parents=True, exist_ok=True)
+    """The job's data directory (kept; made once per process) and the attempt's own (new)."""
+    if paths.data not in _DATA_DIRS:
+        _make_dir(paths.data)
+        _DATA_DIRS.add(paths.data)
+    _make_dir(paths.attempt_dir)
     for path in (paths.tmp, paths.home):
         with contextlib.suppress(FileExistsError):
             os.mkdir(path)
+
+
+def _make_dir(path: Path) -> None:
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:  # the first run of this job (or on this host)
+        path.mkdir(parents=True, exist_ok=True)
 
 
 def _judge(
