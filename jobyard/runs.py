@@ -75,8 +75,13 @@ def prepare_create(
     *,
     now: float | None = None,
     fence: Fence | None = None,
+    job_guard: bool = False,
 ) -> tuple[list[str], list[Any], Run]:
-    """Keys and arguments for ``create_run.lua``, and the run record it would write."""
+    """Keys and arguments for ``create_run.lua``, and the run record it would write.
+
+    ``job_guard``: ``job`` may be an old copy (a cache); the script then refuses (``stale``)
+    when the stored record's ``updated_at`` is no longer ``job.updated_at``.
+    """
     now = time.time() if now is None else now
     js = job.settings
     priority = Priority(spec.priority or js.get("priority", "normal"))
@@ -128,6 +133,7 @@ def prepare_create(
         str(fence.term) if fence and fence.term is not None else "",
         int(fence.fire_ttl_s * 1000) if fence else 0,
         fence.overlap if fence else "",
+        repr(job.updated_at) if job_guard else "",
         *fields,
     ]
     return script_keys, args, run

@@ -17,13 +17,23 @@
 -- ARGV[5] level       ARGV[6] eta ms (0 = now)                  ARGV[7] idempotency ttl ms
 -- ARGV[8] fencing term expected ("" = none)  ARGV[9] fire record ttl ms
 -- ARGV[10] overlap ("skip" refuses while the job has an active run; anything else: no check)
--- ARGV[11..] run hash field, value pairs
+-- ARGV[11] the job's updated_at as the caller knows it ("" = no check): the caller built the run
+--          from a cached job record, which is still the job only while updated_at is unchanged
+--          (every deploy and settings change sets it); else "stale" and nothing is written
+-- ARGV[12..] run hash field, value pairs
 --
--- Returns {"created", id} | {"exists", id} | {"nojob"} | {"fenced", term} |
+-- Returns {"created", id} | {"exists", id} | {"nojob"} | {"stale"} | {"fenced", term} |
 --         {"duplicate", recorded} | {"overlap", active id}
 
 if redis.call("exists", KEYS[1]) == 0 then
   return {"nojob"}
+end
+
+if ARGV[11] ~= "" then
+  local stored = redis.call("hget", KEYS[1], "updated_at")
+  if tonumber(stored or "0") ~= tonumber(ARGV[11]) then
+    return {"stale"}
+  end
 end
 
 local run_id = ARGV[1]
@@ -65,7 +75,7 @@ if KEYS[10] ~= "" then
 end
 
 local fields = {}
-for i = 11, #ARGV do
+for i = 12, #ARGV do
   fields[#fields + 1] = ARGV[i]
 end
 redis.call("hset", KEYS[2], unpack(fields))
