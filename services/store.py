@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -31,6 +32,8 @@ from jobyard.settings import Settings
 
 # Ids go into key names: nothing that could reach another key (no ':').
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# Job records kept for enqueue (see AsyncRunStore.create_current); deployed jobs, so few.
+JOB_CACHE_MAX = 10_000
 
 
 def check_job_name(name: str) -> str:
@@ -79,6 +82,7 @@ class AsyncRunStore:
         self.keys = keys
         self.settings = settings
         self.scripts = Scripts(client)
+        self._jobs: dict[str, Job] = {}  # name -> the record last read, for create_current
 
     # -- jobs --------------------------------------------------------------------------------
     async def get_job(self, name: str) -> Job:
@@ -97,10 +101,38 @@ class AsyncRunStore:
         return {name: (Job.from_hash(row) if row else None) for name, row in zip(names, rows, strict=True)}
 
     # -- runs --------------------------------------------------------------------------------
-    async def create(self, spec: EnqueueSpec, job: Job, *, fence: Fence | None = None) -> Created:
-        """Write a run and enqueue it (one atomic script)."""
-        keys, args, run = prepare_create(self.keys, self.settings, spec, job, fence=fence)
+    async def create(
+        self, spec: EnqueueSpec, job: Job, *, fence: Fence | None = None, job_guard: bool = False
+    ) -> Created:
+        """Write a run and enqueue it (one atomic script; ``job_guard``: see ``prepare_create``)."""
+        keys, args, run = prepare_create(
+            self.keys, self.settings, spec, job, fence=fence, job_guard=job_guard
+        )
         return parse_create(await self.scripts.create_run(keys=keys, args=args), run)
+
+    async def create_current(self, spec: EnqueueSpec, check: Callable[[Job], Job]) -> Created:
+        """Create a run of ``spec.job`` from its record as it is now, ``check``-ed (it may raise).
+
+        The same as ``create(spec, check(await get_job(name)))``, minus the read most of the time:
+        the record last read is kept, and the script writes the run only if the stored record's
+        ``updated_at`` still matches it (``stale`` otherwise: then it is read again, and the run
+        made from the fresh record). Deploys and settings changes set ``updated_at``, so a run
+        never gets an older version's priority, retries or timeout, nor a job since deleted
+        (``nojob``) or made continuous.
+        """
+        cached = self._jobs.get(spec.job)
+        if cached is not None:
+            created = await self.create(spec, check(cached), job_guard=True)
+            if created.outcome not in ("stale", "nojob"):
+                return created
+            self._jobs.pop(spec.job, None)
+            if created.outcome == "nojob":
+                return created
+        job = check(await self.get_job(spec.job))
+        if len(self._jobs) >= JOB_CACHE_MAX:
+            self._jobs.clear()
+        self._jobs[spec.job] = job
+        return await self.create(spec, job)
 
     async def create_many(self, items: list[tuple[EnqueueSpec, Job]]) -> list[Created]:
         """Create many runs in one pipeline (one script call each, one round trip in all)."""

@@ -280,8 +280,7 @@ async def enqueue(
 ) -> JSONResponse:
     """Queue a run: 202 with the run (and ``Location``), or 200 with the first run for a repeated key."""
     spec = (body or RunRequest.model_validate({})).to_spec(check_job_name(name), idempotency_key)
-    job = runnable(await ctx.store.get_job(name))
-    return await answer_created(ctx, await ctx.store.create(spec, job), name)
+    return await answer_created(ctx, await ctx.store.create_current(spec, runnable), name)
 
 
 @router.post(

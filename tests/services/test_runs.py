@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import redis
 
-from jobyard.models import RunStatus, parse_iso
+from jobyard.models import JobType, RunStatus, parse_iso
 from jobyard.runs import RunStore
 from tests.services.conftest import KEYS, Api, error_shape, put_job
 
@@ -58,6 +58,28 @@ def test_delayed_runs_wait_in_the_delayed_set(admin: httpx.Client, r: redis.Redi
 def test_unknown_job_is_404(admin: httpx.Client) -> None:
     body = error_shape(admin.post("/api/jobs/ghost/runs", json={}), 404)
     assert "ghost" in body["error"] and "PUT /api/jobs/ghost" in body["detail"]
+
+
+def test_the_next_enqueue_sees_a_redeployed_changed_or_deleted_job(
+    admin: httpx.Client, r: redis.Redis
+) -> None:
+    # The API keeps job records for enqueue; the script checks the stored one is still the same.
+    put_job(r, "hello", settings={"priority": "low"})
+    assert admin.post("/api/jobs/hello/runs").json()["priority"] == "low"
+    put_job(r, "hello", settings={"priority": "high", "max_retries": 2, "timeout": 9})  # redeployed
+    run = admin.post("/api/jobs/hello/runs").json()
+    assert (run["priority"], run["max_retries"], run["timeout_s"]) == ("high", 2, 9)
+    put_job(r, "hello", job_type=JobType.CONTINUOUS)
+    assert "continuous" in error_shape(admin.post("/api/jobs/hello/runs"), 409)["error"]
+    put_job(r, "hello")
+    assert admin.post("/api/jobs/hello/runs").status_code == 202
+    r.delete(KEYS.job("hello"))
+    assert "hello" in error_shape(admin.post("/api/jobs/hello/runs"), 404)["error"]
+    put_job(r, "hello", settings={"priority": "low"})
+    assert admin.post("/api/jobs/hello/runs").json()["priority"] == "low"
+    # only the runs answered 202 exist, each with its version's settings
+    stored = [r.hget(KEYS.run(i.decode()), "priority") for i in r.zrange(KEYS.job_runs("hello"), 0, -1)]
+    assert stored == [b"low", b"high", b"normal", b"low"]
 
 
 def test_idempotency_key_returns_the_first_run(admin: httpx.Client, r: redis.Redis) -> None:
