@@ -139,12 +139,15 @@ class _HiredisPacking:
     """
 
     def pack_command(self, *args: Any) -> list[bytes]:
-        if isinstance(args[0], str):
-            args = tuple(args[0].encode().split()) + args[1:]
-        elif b" " in args[0]:
-            args = tuple(args[0].split()) + args[1:]
-        args = tuple(bytes(a) if isinstance(a, bytearray | memoryview) else a for a in args)
         assert _hiredis_pack is not None
+        name = args[0]
+        if " " in name if isinstance(name, str) else b" " in name:  # "CONFIG GET": two words
+            args = tuple((name.encode() if isinstance(name, str) else name).split()) + args[1:]
+        try:
+            return [_hiredis_pack(args)]
+        except TypeError:
+            pass
+        args = tuple(bytes(a) if isinstance(a, bytearray | memoryview) else a for a in args)
         try:
             return [_hiredis_pack(args)]
         except TypeError as exc:  # what redis-py's encoder raises for None, bool and the like

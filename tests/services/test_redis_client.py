@@ -13,6 +13,7 @@ from jobyard.redis_conn import connect_async
 from jobyard.settings import Settings
 
 ARGS = ("EVALSHA", "a" * 40, 2, "k:é", b"raw\x00bytes", 0, -7, 1.5, 1733150000.123456, 1e-7, 2**62, "")
+VIEWS = ("HSET", "k", bytearray(b"f"), memoryview(b"v"))
 
 
 def test_packing_matches_redis_py_and_refuses_what_it_refuses(redis_url: str, data_dir: Path) -> None:
@@ -21,6 +22,7 @@ def test_packing_matches_redis_py_and_refuses_what_it_refuses(redis_url: str, da
     plain = aioredis.Redis.from_url(redis_url).connection_pool.make_connection()
     assert type(ours) is not type(plain), "connect_async should swap in the hiredis packer"
     assert b"".join(ours.pack_command(*ARGS)) == b"".join(plain.pack_command(*ARGS))
+    assert b"".join(ours.pack_command(*VIEWS)) == b"".join(plain.pack_command(*VIEWS))
     assert b"".join(ours.pack_command("CONFIG GET", "maxmemory")) == b"".join(
         plain.pack_command("CONFIG GET", "maxmemory")
     )
