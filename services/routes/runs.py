@@ -17,12 +17,12 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from jobyard.errors import Conflict, InvalidInput
-from jobyard.metrics import observe_enqueued
+from jobyard.metrics import observe_enqueued, observe_enqueued_many
 from jobyard.models import JOB_NAME_RE, JOB_NAME_RULE, Job, JobType, Priority, Run, Trigger, parse_iso
 from jobyard.runs import Created, EnqueueSpec
 from services.deps import Ctx, Principal, current_ctx, get_ctx, require_operator, require_viewer
 from services.errors import CONFLICT, ERRORS, NOT_FOUND
-from services.fastroute import FastRoute, NotFast, fast_path, json_body
+from services.fastroute import FastJSONResponse, FastRoute, NotFast, fast_path, json_body
 from services.store import check_job_name, job_not_found, run_not_found
 
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -214,7 +214,9 @@ ROUTER_PRIORITY = 0  # enqueue is the hot path: matched before every other route
 
 def run_response(run: Run, status_code: int) -> JSONResponse:
     """A run as the answer, with ``Location`` pointing at it."""
-    return JSONResponse(run.as_api(), status_code=status_code, headers={"Location": f"/api/runs/{run.id}"})
+    return FastJSONResponse(
+        run.as_api(), status_code=status_code, headers={"Location": f"/api/runs/{run.id}"}
+    )
 
 
 def runnable(job: Job) -> Job:
@@ -315,16 +317,16 @@ async def enqueue_batch(
     results = await ctx.store.create_many([(spec, jobs[spec.job]) for spec in specs])  # type: ignore[misc]
     existing = [r.run_id for r in results if r.outcome == "exists" and r.run_id]
     found = {run.id: run for run in await ctx.store.get_many(existing) if run is not None}
+    observe_enqueued_many(res.run for res in results if res.run is not None)
     out: list[dict[str, Any]] = []
     for spec, res in zip(specs, results, strict=True):
         if res.run is not None:
-            observe_enqueued(res.run)
             out.append(res.run.as_api())
         elif res.run_id in found:
             out.append(found[res.run_id].as_api())
         else:  # the job was deleted between validation and enqueue
             out.append({"job": spec.job, "error": f"not enqueued ({res.outcome})"})
-    return JSONResponse({"runs": out, "created": sum(r.created for r in results)}, status_code=202)
+    return FastJSONResponse({"runs": out, "created": sum(r.created for r in results)}, status_code=202)
 
 
 @router.get(

@@ -129,6 +129,18 @@ def test_batch_enqueues_all_in_order(admin: httpx.Client, r: redis.Redis) -> Non
     assert r.llen(KEYS.queue("normal")) == 301 and _message_run_ids(r, "high") == [runs[300]["id"]]
 
 
+def test_enqueue_survives_a_flushed_script_cache(admin: httpx.Client, r: redis.Redis) -> None:
+    # a restarted Redis forgets the scripts: the API loads them again, nothing is lost or doubled
+    put_job(r, "a")
+    assert admin.post("/api/jobs/a/runs").status_code == 202
+    r.script_flush()
+    response = admin.post("/api/runs/batch", json={"runs": [{"job": "a"}] * 5})
+    assert response.status_code == 202, response.text
+    r.script_flush()
+    assert admin.post("/api/jobs/a/runs").status_code == 202
+    assert r.zcard(KEYS.job_runs("a")) == 7 and r.llen(KEYS.queue("normal")) == 7
+
+
 def test_one_bad_item_fails_the_whole_batch(admin: httpx.Client, r: redis.Redis) -> None:
     put_job(r, "a")
     good = {"job": "a"}
