@@ -7,6 +7,7 @@ reads the API needs.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Callable
@@ -75,6 +76,60 @@ def _ulid_ms(run_id: str) -> int | None:
         return None
 
 
+class _CoalescedCreates:
+    """``create_run`` calls made in one turn of the event loop, sent to Redis as one pipeline.
+
+    Under load many requests reach their script call in the same turn: uvicorn starts a task
+    for each request whose bytes came in with one poll, and a task runs from its first byte to
+    the script call without waiting on anything (job record and token are cached). A round trip
+    costs the API far more than a command does (socket write and read, redis-py's connection and
+    retry bookkeeping), so one pipeline for all of them is much cheaper than one call each. A
+    lone request waits for nothing: the pipeline goes out in the very next turn. Each caller
+    gets its own reply or error reply; a Redis outage is every caller's error, as it would be.
+    """
+
+    def __init__(self, store: AsyncRunStore) -> None:
+        self.store = store
+        self._waiting: list[tuple[list[str], list[Any], asyncio.Future[Any]]] | None = None
+        self._sending: set[asyncio.Task[None]] = set()
+
+    async def call(self, keys: list[str], args: list[Any]) -> Any:
+        """One ``create_run`` reply (raised when it is an error reply)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        if self._waiting is None:
+            self._waiting = []
+            loop.call_soon(self._send_waiting)
+        self._waiting.append((keys, args, future))
+        return await future
+
+    def _send_waiting(self) -> None:
+        calls, self._waiting = self._waiting or [], None
+        task = asyncio.get_running_loop().create_task(self._send(calls))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, calls: list[tuple[list[str], list[Any], asyncio.Future[Any]]]) -> None:
+        try:
+            replies = await self.store.run_creates([(keys, args) for keys, args, _ in calls])
+        except asyncio.CancelledError:
+            for *_, future in calls:
+                future.cancel()
+            raise
+        except Exception as exc:
+            for *_, future in calls:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, _, future), reply in zip(calls, replies, strict=True):
+            if future.done():  # its caller was cancelled: the run was made all the same
+                continue
+            if isinstance(reply, Exception):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+
+
 class AsyncRunStore:
     """Runs and jobs on an asyncio client."""
 
@@ -84,6 +139,7 @@ class AsyncRunStore:
         self.settings = settings
         self.scripts = Scripts(client)
         self._jobs: dict[str, Job] = {}  # name -> the record last read, for create_current
+        self._coalesced = _CoalescedCreates(self)
 
     # -- jobs --------------------------------------------------------------------------------
     async def get_job(self, name: str) -> Job:
@@ -109,7 +165,7 @@ class AsyncRunStore:
         keys, args, run = prepare_create(
             self.keys, self.settings, spec, job, fence=fence, job_guard=job_guard
         )
-        return parse_create(await self.scripts.create_run(keys=keys, args=args), run)
+        return parse_create(await self._coalesced.call(keys, args), run)
 
     async def create_current(self, spec: EnqueueSpec, check: Callable[[Job], Job]) -> Created:
         """Create a run of ``spec.job`` from its record as it is now, ``check``-ed (it may raise).
@@ -140,15 +196,18 @@ class AsyncRunStore:
         now = time.time()
         prepared = [prepare_create(self.keys, self.settings, spec, job, now=now) for spec, job in items]
         results = await self.run_creates([(keys, args) for keys, args, _ in prepared])
+        for reply in results:
+            if isinstance(reply, Exception):
+                raise reply  # the first error, after every call was answered (as execute does)
         return [parse_create(res, run) for res, (_, _, run) in zip(results, prepared, strict=True)]
 
     async def run_creates(self, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
-        """``create_run`` for each ``(keys, args)`` in one pipeline; the replies in order.
+        """``create_run`` for each ``(keys, args)`` in one pipeline: the replies in order, an
+        error reply as its exception (a Redis outage raises).
 
         EVALSHA straight on the pipeline: redis-py's script objects cost a few microseconds per
         call and a SCRIPT EXISTS round trip per pipeline. Calls Redis answered NOSCRIPT (a
         restarted or flushed Redis) did not run; the script is loaded and those are sent again.
-        The first other error is raised, after every call was answered (as ``execute`` does).
         """
         script = self.scripts.create_run
         results: list[Any] = [None] * len(calls)
@@ -165,9 +224,6 @@ class AsyncRunStore:
             if not pending or attempt:
                 break
             script.sha = await self.r.script_load(script.script)
-        for reply in results:
-            if isinstance(reply, Exception):
-                raise reply
         return results
 
     async def get(self, run_id: str) -> Run:
