@@ -57,6 +57,8 @@ Cluster:
 - ``P:job:<name>:fire_stats``  hash: scheduler counters per job (fired, duplicate, skipped_overlap,
                                skipped_missed, fenced)
 - ``P:events``                 pub/sub channel: job deployed / changed / deleted
+- ``P:replication``            pub/sub channel nobody listens to: the replicated no-op published
+                               before ``WAIT`` (``JOBYARD_REDIS_WAIT_REPLICAS``, jobyard/redis_conn.py)
 
 Continuous jobs:
 
@@ -226,6 +228,10 @@ class Keys:
     @property
     def events(self) -> str:
         return f"{self.prefix}:events"
+
+    @property
+    def replication(self) -> str:
+        return f"{self.prefix}:replication"
 
     # dashboard
     @property

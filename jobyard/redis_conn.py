@@ -29,6 +29,7 @@ from tenacity import (
 )
 
 from jobyard.errors import Unavailable
+from jobyard.keys import Keys
 from jobyard.settings import Settings
 
 _hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None
@@ -216,9 +217,18 @@ def wait_for_redis(client: redis.Redis, settings: Settings) -> None:
 
 def _wait_probe(settings: Settings) -> tuple[str, int, int]:
     return (
-        f"{settings.redis_prefix}:replication",
+        Keys(settings.redis_prefix).replication,
         settings.redis_wait_replicas,
         max(1, int(settings.redis_wait_timeout_seconds * 1000)),
+    )
+
+
+def _refused(exc: redis.ResponseError, settings: Settings) -> Unavailable:
+    # e.g. an ACL user without +wait: the write happened, its replication cannot be confirmed
+    return Unavailable(
+        f"Redis refused to confirm the write's replication (WAIT: {exc}); a failover now could lose it",
+        "retry with the same idempotency key (it returns the run if it was kept); allow the Redis "
+        "user PUBLISH and WAIT, or set JOBYARD_REDIS_WAIT_REPLICAS=0",
     )
 
 
@@ -248,7 +258,13 @@ def wait_for_replicas(client: redis.Redis, settings: Settings) -> int:
     pipe = client.pipeline(transaction=False)
     pipe.publish(channel, b"")
     pipe.wait(n, timeout_ms)
-    return _check_acked(int(pipe.execute()[-1]), settings)
+    try:
+        replies = pipe.execute()
+    except redis.ReadOnlyError:
+        raise  # a demoted master: Redis is away for now, like any outage
+    except redis.ResponseError as exc:
+        raise _refused(exc, settings) from exc
+    return _check_acked(int(replies[-1]), settings)
 
 
 async def wait_for_replicas_async(client: aioredis.Redis, settings: Settings) -> int:
@@ -259,4 +275,10 @@ async def wait_for_replicas_async(client: aioredis.Redis, settings: Settings) ->
     pipe = client.pipeline(transaction=False)
     pipe.publish(channel, b"")
     pipe.wait(n, timeout_ms)
-    return _check_acked(int((await pipe.execute())[-1]), settings)
+    try:
+        replies = await pipe.execute()
+    except redis.ReadOnlyError:
+        raise  # a demoted master: Redis is away for now, like any outage
+    except redis.ResponseError as exc:
+        raise _refused(exc, settings) from exc
+    return _check_acked(int(replies[-1]), settings)

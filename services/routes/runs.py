@@ -16,9 +16,10 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from jobyard.errors import Conflict, InvalidInput
+from jobyard.errors import Conflict, InvalidInput, Unavailable
 from jobyard.metrics import observe_enqueued, observe_enqueued_many
 from jobyard.models import JOB_NAME_RE, JOB_NAME_RULE, Job, JobType, Priority, Run, Trigger, parse_iso
+from jobyard.redis_conn import wait_for_replicas_async
 from jobyard.runs import Created, EnqueueSpec
 from services.deps import Ctx, Principal, current_ctx, get_ctx, require_operator, require_viewer
 from services.errors import CONFLICT, ERRORS, NOT_FOUND
@@ -229,13 +230,39 @@ def runnable(job: Job) -> Job:
     return job
 
 
+async def confirm_replicated(ctx: Ctx, what: str, lookup: str) -> None:
+    """Wait until ``JOBYARD_REDIS_WAIT_REPLICAS`` replicas hold what was written (at once when 0).
+
+    Called before a run is answered as accepted, so that an accepted run survives a failover.
+    When the replicas do not confirm in time the write has happened and is probably kept, but a
+    failover now could lose it: 503 saying so, and that retrying with the same idempotency key
+    is safe (it returns the run if it was kept, makes it again if it was lost).
+    """
+    if ctx.settings.redis_wait_replicas <= 0:
+        return
+    try:
+        await wait_for_replicas_async(ctx.redis, ctx.settings)
+    except Unavailable as exc:
+        raise Unavailable(
+            f"{what} written but not confirmed: {exc.message}",
+            f"{exc.detail}; without a key, {lookup} shows whether it was kept",
+        ) from exc
+
+
 async def answer_created(ctx: Ctx, created: Created, job: str) -> JSONResponse:
-    """202 for a new run, 200 with the first run for a repeated idempotency key."""
+    """202 for a new run, 200 with the first run for a repeated idempotency key.
+
+    Either is an acceptance: with ``JOBYARD_REDIS_WAIT_REPLICAS`` set, only once replicas hold it.
+    """
     if created.outcome == "created" and created.run is not None:
         observe_enqueued(created.run)
+        await confirm_replicated(ctx, f"run {created.run.id} was", f"GET /api/runs/{created.run.id}")
         return run_response(created.run, 202)
     if created.outcome == "exists" and created.run_id:
-        return run_response(await ctx.store.get(created.run_id), 200)
+        run = await ctx.store.get(created.run_id)
+        # The first request for this key may have been refused unconfirmed: confirm it now.
+        await confirm_replicated(ctx, f"run {run.id} was", f"GET /api/runs/{run.id}")
+        return run_response(run, 200)
     if created.outcome == "nojob":
         raise job_not_found(job)
     raise Conflict(f"the run was not created ({created.outcome})", created.run_id)
@@ -315,6 +342,9 @@ async def enqueue_batch(
                 "nothing was enqueued",
             )
     results = await ctx.store.create_many([(spec, jobs[spec.job]) for spec in specs])  # type: ignore[misc]
+    created = sum(r.created for r in results)
+    if any(r.outcome in ("created", "exists") for r in results):
+        await confirm_replicated(ctx, f"the batch's {created} new runs were", "GET /api/jobs/{name}/runs")
     existing = [r.run_id for r in results if r.outcome == "exists" and r.run_id]
     found = {run.id: run for run in await ctx.store.get_many(existing) if run is not None}
     observe_enqueued_many(res.run for res in results if res.run is not None)
@@ -326,7 +356,7 @@ async def enqueue_batch(
             out.append(found[res.run_id].as_api())
         else:  # the job was deleted between validation and enqueue
             out.append({"job": spec.job, "error": f"not enqueued ({res.outcome})"})
-    return FastJSONResponse({"runs": out, "created": sum(r.created for r in results)}, status_code=202)
+    return FastJSONResponse({"runs": out, "created": created}, status_code=202)
 
 
 @router.get(

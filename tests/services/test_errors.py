@@ -148,3 +148,45 @@ def test_json_bodies_are_capped_before_authentication(api: Any) -> None:
         except httpx.TransportError:
             return  # the server may close the connection before the client is done sending
         error_shape(response, 413)
+
+
+def test_an_unconfirmed_enqueue_is_a_clear_503_and_safe_to_retry(
+    start_api: Any, redis_url: str, r: redis.Redis
+) -> None:
+    # given WAIT 1 on a Redis without replicas: every write stays unconfirmed
+    api = start_api(redis_url, JOBYARD_REDIS_WAIT_REPLICAS="1", JOBYARD_REDIS_WAIT_TIMEOUT_SECONDS="0.2")
+    put_job(r, "hello")
+    with api.client() as client:
+        # when a run is enqueued, then the answer says it was written, not confirmed, and what to do
+        key = {"Idempotency-Key": "order-1"}
+        body = error_shape(client.post("/api/jobs/hello/runs", headers=key), 503)
+        assert "written but not confirmed" in body["error"] and "0 of 1 Redis replicas" in body["error"]
+        assert "same idempotency key" in body["detail"] and "JOBYARD_REDIS_WAIT_REPLICAS" in body["detail"]
+        (run_id,) = [i.decode() for i in r.zrange(KEYS.job_runs("hello"), 0, -1)]
+        assert run_id in body["error"] and f"GET /api/runs/{run_id}" in body["detail"]
+        # a retry with the key finds that run: still unconfirmed, still 503, nothing doubled
+        again = error_shape(client.post("/api/jobs/hello/runs", headers=key), 503)
+        assert run_id in again["error"] and r.zcard(KEYS.job_runs("hello")) == 1
+        # the batch route refuses the same way, once for the request
+        batch = error_shape(client.post("/api/runs/batch", json={"runs": [{"job": "hello"}] * 3}), 503)
+        assert "batch's 3 new runs were written but not confirmed" in batch["error"]
+        # invalid requests write nothing and are answered as usual
+        error_shape(client.post("/api/jobs/ghost/runs"), 404)
+
+
+def test_a_redis_user_that_may_not_wait_gets_503_not_500(
+    start_api: Any, redis_url: str, r: redis.Redis
+) -> None:
+    r.acl_setuser(
+        "nowait", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"], commands=["+@all", "-wait"]
+    )
+    try:
+        url = redis_url.replace("redis://", "redis://nowait:pw@")
+        api = start_api(url, JOBYARD_REDIS_WAIT_REPLICAS="1", JOBYARD_REDIS_WAIT_TIMEOUT_SECONDS="0.2")
+        put_job(r, "hello")
+        with api.client() as client:
+            body = error_shape(client.post("/api/jobs/hello/runs"), 503)
+        assert "refused to confirm" in body["error"] and "PUBLISH and WAIT" in body["detail"]
+        assert r.zcard(KEYS.job_runs("hello")) == 1
+    finally:
+        r.acl_deluser("nowait")
