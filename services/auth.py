@@ -1,7 +1,8 @@
 """Who is calling: bearer tokens, a short in-process cache of lookups, and failed-login limiting.
 
 The cache keeps each lookup for ``CACHE_TTL_S`` so that the hot enqueue path does not pay a Redis
-round trip per request for its token; a revoked token therefore stops working within that time.
+round trip per request for its token; a token revoked elsewhere (another API replica, the CLI)
+therefore stops working here within that time, one second; one this process revokes, at once.
 Failed authentication is counted per client address in this process (each API replica keeps its
 own window); once an address passes ``auth_failures_per_minute`` within a minute every request
 from it gets 429 until the window has moved on.
@@ -26,7 +27,7 @@ from jobyard.settings import Settings
 
 log = logging.getLogger(__name__)
 
-CACHE_TTL_S = 1.5
+CACHE_TTL_S = 1.0  # a lookup per token per second and process: nothing next to the requests
 CACHE_MAX_ENTRIES = 10_000
 FAILURE_WINDOW_S = 60.0
 MAX_TRACKED_ADDRESSES = 50_000

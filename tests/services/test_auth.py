@@ -142,6 +142,18 @@ def test_tokens_are_created_once_listed_without_secrets_and_revoked(api: Api, r:
         assert admin.get("/api/tokens").json()["tokens"][0]["last_used_at"] is not None  # kept by the revoke
 
 
+def test_a_token_revoked_elsewhere_stops_working_within_the_cache_time(api: Api, r: redis.Redis) -> None:
+    # given an operator token the API has just looked up and cached
+    secret, record = tokens.create_token(r, KEYS, "operator", "elsewhere")
+    with api.client(secret) as operator:
+        assert operator.get("/api/jobs").status_code == 200
+        # when another replica (or the CLI) revokes it: this process is not told
+        tokens.revoke_token(r, KEYS, record.id)
+        # then it is refused once the cached lookup is a second old (bounded wait, not a timing test)
+        wait_until(lambda: operator.get("/api/jobs").status_code == 401, timeout=3, what="revocation")
+        error_shape(operator.post("/api/runs/batch", json={"runs": [{"job": "x"}]}), 401)
+
+
 def test_token_expiry_and_bad_requests(api: Api, redis_url: str) -> None:
     with api.client() as admin:
         token = admin.post("/api/tokens", json={"role": "viewer", "expires_in_s": 1}).json()
