@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from jobyard import __version__
 from jobyard.errors import PayloadTooLarge
 from jobyard.settings import Settings
-from services import audit_middleware, errors, routes, security_headers
+from services import audit_middleware, errors, fastroute, routes, security_headers
 from services.deps import Ctx
 
 log = logging.getLogger(__name__)
@@ -145,6 +145,7 @@ def create_app(settings: Settings) -> FastAPI:
         openapi_url="/openapi.json",
     )
     app.state.ctx = ctx
+    fastroute.install(app)  # innermost: inside the catch-all, the body cap, audit and metrics
     errors.install(app)
     app.add_middleware(BodyCap)
     for name, router in discover_routers():

@@ -1,30 +1,35 @@
-"""Routes with a fast path: the well-formed request skips FastAPI's dependency solving.
+"""Fast paths: the well-formed request of a hot route skips FastAPI's request machinery.
 
-FastAPI spends most of a small request on the generic work around the endpoint: solving the
-dependency tree, validating each parameter through its own field machinery, building error
-lists. For the hot routes (enqueue) that was about as much CPU as the enqueue itself. An
-endpoint decorated with ``@fast_path(handler)`` and served by a ``FastRoute`` first goes
-through ``handler(request)``, which parses and validates the common shape of the request by
-hand and calls the very same endpoint function, or returns ``None``; then FastAPI's own
-handler takes the request from the start (the body is cached on the request) and produces
-every answer it always has. A fast handler must therefore return ``None`` before it has done
-anything that shows, and leave every validation error to FastAPI: its 422s (field paths,
-messages) then stay exactly what they were. Errors the endpoint raises itself (404, 409, ...)
-and the authentication errors are exceptions either way, answered by the same handlers.
+FastAPI spends most of a small request on the generic work around the endpoint: matching the
+route list, the exception middleware and exit stacks, solving the dependency tree, validating
+each parameter through its own field machinery. For the hot routes (enqueue) that was about as
+much CPU as the enqueue itself. An endpoint decorated with ``@fast_path(handler)`` is answered
+by ``FastPaths``, a pure ASGI middleware just inside the app's own middlewares (metrics,
+transport security, audit, body cap, catch-all all still apply): it matches the route's path
+and method, and ``handler(request)`` parses and validates the common shape of the request by
+hand and calls the very same endpoint function. Anything else raises ``NotFast``, and FastAPI
+takes the request from the start (the body is replayed to it) and produces every answer it
+always has. A fast handler must therefore raise ``NotFast`` before it has done anything that
+shows, and leave every validation error to FastAPI: its 422s (field paths, messages) stay
+exactly what they were. Errors the endpoint raises itself (404, 409, 503, ...) and the
+authentication errors are answered by the app's own exception handlers, looked up as
+Starlette's exception middleware looks them up; any other exception goes on to the catch-all.
 
 The OpenAPI document is FastAPI's, from the endpoint's signature, unchanged.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import orjson
-from fastapi import HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.routing import APIRoute
 from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 FastHandler = Callable[[Request], Awaitable[Response | None]]
 F = TypeVar("F", bound=Callable[..., Any])
@@ -33,11 +38,11 @@ _ATTR = "__jobyard_fast_path__"
 
 
 class NotFast(Exception):
-    """Raised inside a fast handler (by ``json_body``) to hand the request to FastAPI."""
+    """Raised inside a fast handler to hand the request to FastAPI."""
 
 
 def fast_path(handler: FastHandler) -> Callable[[F], F]:
-    """Give an endpoint a fast handler (takes effect on routes of class ``FastRoute``)."""
+    """Give an endpoint a fast handler (served by ``FastPaths``)."""
 
     def attach(endpoint: F) -> F:
         setattr(endpoint, _ATTR, handler)
@@ -46,23 +51,91 @@ def fast_path(handler: FastHandler) -> Callable[[F], F]:
     return attach
 
 
-class FastRoute(APIRoute):
-    """An ``APIRoute`` that tries its endpoint's fast handler first (a plain one without)."""
+class FastPaths:
+    """The ASGI middleware that serves the fast handlers (see the module docstring)."""
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        slow = super().get_route_handler()
-        fast: FastHandler | None = getattr(self.endpoint, _ATTR, None)
-        if fast is None:
-            return slow
+    def __init__(self, app: ASGIApp, get_app: Callable[[], FastAPI]) -> None:
+        self.app = app
+        self.get_app = get_app
+        self._routes: list[tuple[APIRoute, FastHandler]] | None = None
 
-        async def handler(request: Request) -> Response:
-            try:
-                response = await fast(request)
-            except NotFast:
-                response = None
-            return response if response is not None else await slow(request)
+    def _fast_routes(self) -> list[tuple[APIRoute, FastHandler]]:
+        if self._routes is None:  # the routes are all added before the first request
+            self._routes = [
+                (route, getattr(route.endpoint, _ATTR))
+                for route in self.get_app().routes
+                if isinstance(route, APIRoute) and hasattr(route.endpoint, _ATTR)
+            ]
+        return self._routes
 
-        return handler
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not scope.get("root_path"):
+            for route, handler in self._fast_routes():
+                match = route.path_regex.match(scope["path"])
+                if match and scope["method"] in (route.methods or ()):
+                    await self._serve(scope, receive, send, route, handler, match.groupdict())
+                    return
+        await self.app(scope, receive, send)
+
+    async def _serve(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        route: APIRoute,
+        handler: FastHandler,
+        params: dict[str, str],
+    ) -> None:
+        # What FastAPI's routing would put in the scope: the metrics and the audit log read it.
+        scope["route"] = route
+        scope["endpoint"] = route.endpoint
+        scope["path_params"] = {k: route.param_convertors[k].convert(v) for k, v in params.items()}
+        request = Request(scope, receive)
+        try:
+            response = await handler(request)
+        except NotFast:
+            response = None
+        except Exception as exc:
+            answer = self._handler_for(exc)
+            if answer is None:
+                raise
+            response = answer(request, exc)
+            if inspect.isawaitable(response):
+                response = await response
+        if response is None:
+            await self.app(scope, _replaying(request, receive), send)
+            return
+        await response(scope, receive, send)
+
+    def _handler_for(self, exc: Exception) -> Callable[[Request, Exception], Any] | None:
+        handlers = self.get_app().exception_handlers
+        for cls in type(exc).__mro__:  # as Starlette's exception middleware looks them up
+            if cls in handlers:
+                found: Callable[[Request, Exception], Any] = handlers[cls]
+                return found
+        return None
+
+
+def _replaying(request: Request, receive: Receive) -> Receive:
+    """``receive`` for FastAPI after a fast handler gave up: the body it read, then the rest."""
+    body: bytes | None = getattr(request, "_body", None)
+    if body is None:
+        return receive
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def install(app: FastAPI) -> None:
+    """Add the middleware; call it before the other middlewares, so that it runs inside them."""
+    app.add_middleware(FastPaths, get_app=lambda: app)
 
 
 def _is_json(content_type: str | None) -> bool:

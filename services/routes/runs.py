@@ -23,7 +23,7 @@ from jobyard.redis_conn import wait_for_replicas_async
 from jobyard.runs import Created, EnqueueSpec
 from services.deps import Ctx, Principal, current_ctx, get_ctx, require_operator, require_viewer
 from services.errors import CONFLICT, ERRORS, NOT_FOUND
-from services.fastroute import FastJSONResponse, FastRoute, NotFast, fast_path, json_body
+from services.fastroute import FastJSONResponse, NotFast, fast_path, json_body
 from services.store import check_job_name, job_not_found, run_not_found
 
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -209,7 +209,7 @@ class BatchOut(BaseModel):
 
 
 # -- routes --------------------------------------------------------------------------------------
-router = APIRouter(tags=["runs"], responses=ERRORS, route_class=FastRoute)
+router = APIRouter(tags=["runs"], responses=ERRORS)
 ROUTER_PRIORITY = 0  # enqueue is the hot path: matched before every other router's routes
 
 
@@ -269,7 +269,7 @@ async def answer_created(ctx: Ctx, created: Created, job: str) -> JSONResponse:
 
 
 async def _enqueue_fast(request: Request) -> JSONResponse | None:
-    """``enqueue`` for a well-formed request, without FastAPI's dependency solving (services.fastroute)."""
+    """``enqueue`` for a well-formed request, without FastAPI's request machinery (services.fastroute)."""
     data = await json_body(request)
     who = await require_operator(request)
     try:

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from jobyard.models import JobType
 from jobyard.settings import Settings
 from services.app import create_app
-from services.fastroute import NotFast
+from services.fastroute import FastPaths, NotFast
 from services.routes import runs
 from tests.services.conftest import ADMIN_TOKEN, Api, Tokens, put_job
 
@@ -241,3 +241,6 @@ def test_the_fast_handlers_do_answer_well_formed_requests(jobs: None, redis_url:
     single, batch = asyncio.run(scenario())
     assert single is not None and single.status_code == 202
     assert batch is not None and batch.status_code == 202
+    # and the middleware serves exactly these two routes that way
+    served = FastPaths(app, lambda: app)._fast_routes()
+    assert sorted(route.operation_id or "" for route, _ in served) == ["enqueueBatch", "enqueueRun"]
