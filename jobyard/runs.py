@@ -169,11 +169,13 @@ def prepare_finish(
     fields: dict[str, Any] | None = None,
     lines: list[tuple[float, str, str]] | None = None,
     ack: tuple[str, str, str, str] | None = None,
+    claimed_by: str | None = None,
 ) -> tuple[list[str], list[Any]]:
     """Keys and arguments for ``finish_run.lua`` (see ``RunStore.finish``).
 
     ``lines``: log lines ``(t, stream, text)`` to append in the same call; ``ack``: the delivered
-    message to ack in it, as ``(queue namespace, broker id, level, message id)``.
+    message to ack in it, as ``(queue namespace, broker id, level, message id)``; ``claimed_by``:
+    the worker process that claimed ``attempt`` (the outcome is stale if another one holds it).
     """
     flat: list[Any] = []
     for name, value in (fields or {}).items():
@@ -197,8 +199,11 @@ def prepare_finish(
     log_args: list[Any] = []
     for t, stream, text in lines or ():
         log_args += [repr(t), stream, text]
+    expected = "" if attempt is None else str(attempt)
+    if expected and claimed_by:
+        expected += f"|{claimed_by}"
     args = [
-        "" if attempt is None else attempt,
+        expected,
         time.time(),
         status.value,
         mode,

@@ -186,11 +186,22 @@ class Executor:
             log.warning("run %s: lease lost mid-attempt; another attempt owns it now", run.id)
             return "ack"
         if result.interrupted:
-            self.record(run, job, RunStatus.QUEUED, "requeue", lines=result.lines, error=result.error)
+            self.record(
+                run, job, RunStatus.QUEUED, "requeue", lines=result.lines, error=result.error, claimed=True
+            )
             ctx.hooks.emit("after_requeue", run, job)
             return "requeue"
         if result.status in (RunStatus.SUCCEEDED, RunStatus.CANCELLED):
-            self.record(run, job, result.status, "final", lines=result.lines, ack=fetched, **result.fields())
+            self.record(
+                run,
+                job,
+                result.status,
+                "final",
+                lines=result.lines,
+                ack=fetched,
+                claimed=True,
+                **result.fields(),
+            )
             return "acked" if fetched else "ack"
         # failed or timed out: retry while the budget lasts
         failures = run.failures + 1
@@ -214,6 +225,7 @@ class Executor:
                 lines=lines,
                 failures=failures,
                 next_attempt_at=time.time() + delay,
+                claimed=True,
                 **result.fields(),
             )
             ctx.hooks.emit("after_retry", run, job, delay)
@@ -226,7 +238,16 @@ class Executor:
                 f"attempt {run.attempt} {result.status.value}; no retries left: dead-lettered",
             ),
         ]
-        self.record(run, job, result.status, "deadletter", lines=lines, failures=failures, **result.fields())
+        self.record(
+            run,
+            job,
+            result.status,
+            "deadletter",
+            lines=lines,
+            failures=failures,
+            claimed=True,
+            **result.fields(),
+        )
         raise RunFailed(result.error or result.status.value)
 
     def _finish_and_fetch(self, keys: list[str], args: list[Any]) -> tuple[str, str]:
@@ -288,10 +309,12 @@ class Executor:
         *,
         lines: list[tuple[float, str, str]] | None = None,
         ack: Fetched | None = None,
+        claimed: bool = False,
         **fields: Any,
     ) -> None:
         """Write the last log lines and the outcome (and ack ``ack``) in one round trip, then tell
-        the hooks."""
+        the hooks. ``claimed``: this process claimed the attempt (so it is fenced by who claimed
+        it, not only by the attempt number)."""
         ctx = self.ctx
         history = None
         if job is not None:
@@ -311,6 +334,7 @@ class Executor:
             fields=fields,
             lines=lines,
             ack=(ctx.keys.queue_namespace, ctx.worker_id, ack.level, ack.redis_id) if ack else None,
+            claimed_by=ctx.worker_id if claimed else None,
         )
         if ack is not None and mode == "final" and not ctx.stopping:
             outcome, detail = ctx.retrying(

@@ -40,7 +40,8 @@ local function claim(run_key, lease_key, job_key, slots_key, secrets_key, worker
     return {"nojob"}
   end
   redis.call("hincrby", run_key, "attempt", 1)
-  redis.call("hset", run_key, "status", "running", "worker", instance, "worker_pid", pid, "started_at", now_s)
+  redis.call("hset", run_key, "status", "running", "worker", instance, "worker_pid", pid, "started_at", now_s,
+    "claimed_by", worker)
   redis.call("hdel", run_key, "next_attempt_at", "ended_at")
   redis.call("set", lease_key, worker, "PX", lease_ms)
   return {"claimed", redis.call("hgetall", run_key), redis.call("hgetall", job_key), redis.call("hgetall", secrets_key)}

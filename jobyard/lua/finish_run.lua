@@ -5,7 +5,11 @@
 -- KEYS[5] dead letters zset  KEYS[6] job slots zset  KEYS[7] job parked list  KEYS[8] parked jobs set
 -- KEYS[9] job hash  KEYS[10] wake list  KEYS[11] job's finished runs zset (end ms), for trimming
 -- KEYS[12] run log stream
--- ARGV[1] expected attempt ("" = any)  ARGV[2] now (epoch s)  ARGV[3] new status
+-- ARGV[1] expected attempt ("" = any), optionally "<attempt>|<worker process id>": then a run
+--   claimed by another worker process (recorded by _claim.lua as claimed_by) is stale too, even
+--   with the same attempt number (a failover that lost our claim, and another worker claimed the
+--   run again as the same attempt)
+-- ARGV[2] now (epoch s)  ARGV[3] new status
 -- ARGV[4] mode: "final" | "retry" | "requeue" | "deadletter"
 -- ARGV[5] history size  ARGV[6] key prefix (for trimming old runs)  ARGV[7] terminal statuses
 -- ARGV[8..11] the delivered message to ack with the outcome, as dramatiq's "ack" does: queue
@@ -38,7 +42,16 @@ for i = 13, 12 + 3 * n_lines, 3 do
   redis.call("xadd", KEYS[12], "*", "t", ARGV[i], "s", ARGV[i + 1], "m", ARGV[i + 2])
 end
 local attempt = redis.call("hget", KEYS[1], "attempt") or "0"
-if ARGV[1] ~= "" and attempt ~= ARGV[1] then
+local expected, by = ARGV[1], nil
+local bar = string.find(expected, "|", 1, true)
+if bar then
+  expected, by = string.sub(expected, 1, bar - 1), string.sub(expected, bar + 1)
+end
+if expected ~= "" and attempt ~= expected then
+  return {"stale", attempt}
+end
+local claimed_by = redis.call("hget", KEYS[1], "claimed_by")
+if by and claimed_by and claimed_by ~= by then
   return {"stale", attempt}
 end
 

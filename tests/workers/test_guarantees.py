@@ -240,3 +240,51 @@ def test_a_flushed_script_cache_is_reloaded_without_losing_a_run(deploy, store, 
         assert run.status.value == "succeeded"
         assert ("INFO", "ok") in log_lines(store, run_id)
     assert "Redis unreachable" not in worker.output()
+
+
+def test_an_outcome_is_fenced_by_the_worker_that_claimed_the_attempt(deploy, store, r, settings) -> None:  # type: ignore[no-untyped-def]
+    """After a failover that lost worker A's claim, worker B may claim the run again as the same
+    attempt number: A's outcome must then be refused as stale, not recorded over B's attempt."""
+    from jobyard.models import TERMINAL_LUA, RunStatus
+    from jobyard.runs import parse_finish, prepare_finish
+
+    k = Keys()
+    deploy("fenced", {"run.sh": "true\n"})
+    run_id = enqueue(store, "fenced")
+
+    def claim(worker: str) -> str:
+        keys = [
+            k.run(run_id),
+            k.run_lease(run_id),
+            k.job("fenced"),
+            k.job_slots("fenced"),
+            k.job_secrets("fenced"),
+        ]
+        res = store.scripts.claim_run(
+            keys=keys, args=[worker, "host", 1, time.time(), 60_000, 3, TERMINAL_LUA]
+        )
+        return str(res[0].decode())
+
+    def finish(by: str | None) -> tuple[str, str]:
+        keys, args = prepare_finish(
+            k,
+            settings,
+            run_id,
+            "fenced",
+            RunStatus.SUCCEEDED,
+            attempt=1,
+            claimed_by=by,
+            fields={"exit_code": 0},
+        )
+        return parse_finish(store.scripts.finish_run(keys=keys, args=args))
+
+    assert claim("worker-a") == "claimed"
+    # the new master lost A's claim: the run is queued again at attempt 0, and B claims attempt 1
+    r.hset(k.run(run_id), mapping={"status": "queued", "attempt": 0})
+    r.delete(k.run_lease(run_id))
+    assert claim("worker-b") == "claimed"
+    assert store.get(run_id).attempt == 1
+    assert finish("worker-a") == ("stale", "1")  # same attempt number, another claimant
+    assert store.get(run_id).status.value == "running"
+    assert finish("worker-b") == ("ok", "succeeded")
+    assert store.get(run_id).status.value == "succeeded"
