@@ -170,13 +170,17 @@ def _pack_in_c(client: aioredis.Redis) -> aioredis.Redis:
 
 
 def connect_async(settings: Settings, *, socket_timeout: float | None = 10.0) -> aioredis.Redis:
-    """An asyncio client for the configured Redis (URL or Sentinel master)."""
+    """An asyncio client for the configured Redis (URL or Sentinel master).
+
+    ``socket_timeout=None``: replies are awaited without a timeout each (the caller bounds the
+    whole exchange); the sentinels are still asked with the default timeout.
+    """
     common = _common(settings)
     common["retry"] = aioredis.retry.Retry(ExponentialBackoff(cap=1.0, base=0.05), 3)
     if settings.sentinels:
         sentinel = AsyncSentinel(
             settings.sentinels,
-            sentinel_kwargs=_sentinel_kwargs(settings, socket_timeout),
+            sentinel_kwargs=_sentinel_kwargs(settings, 10.0 if socket_timeout is None else socket_timeout),
             socket_timeout=socket_timeout,
         )
         amaster: aioredis.Redis = sentinel.master_for(

@@ -46,6 +46,7 @@ class Ctx:
     keys: Keys
     redis: aioredis.Redis
     sync_redis: SyncRedis  # for blocking package work in a thread (run_in_threadpool)
+    bulk_redis: aioredis.Redis  # no timeout per reply: for pipelines of many replies (batches)
     store: AsyncRunStore
     scripts: Scripts  # the Lua scripts on the asyncio client
     auth: Authenticator
@@ -59,12 +60,14 @@ class Ctx:
         """Clients for the configured Redis (they connect lazily, on first use)."""
         keys = Keys(settings.redis_prefix)
         client = connect_async(settings)
+        bulk = connect_async(settings, socket_timeout=None)
         return cls(
             settings=settings,
             keys=keys,
             redis=client,
             sync_redis=connect(settings),
-            store=AsyncRunStore(client, keys, settings),
+            bulk_redis=bulk,
+            store=AsyncRunStore(client, keys, settings, bulk=bulk),
             scripts=Scripts(client),
             auth=Authenticator(settings, keys, client),
         )
@@ -72,6 +75,7 @@ class Ctx:
     async def close(self) -> None:
         """Close the clients' connections."""
         await self.redis.aclose()
+        await self.bulk_redis.aclose()
         self.sync_redis.close()
 
 
