@@ -272,11 +272,20 @@ def observe_fire(job_name: str, outcome: str, fire_ts: float | None = None, now:
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
+# (route template, method, status) -> (counter child, histogram child); bounded like the labels.
+_API_CHILDREN: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
 def observe_api_request(route: str, method: str, status: int, duration_s: float) -> None:
     """Count one HTTP request and observe its latency (unknown methods become ``other``)."""
-    method = method if method in _METHODS else "other"
-    API_REQUESTS.labels(route, method, str(status)).inc()
-    API_REQUEST_DURATION.labels(route, method).observe(duration_s)
+    children = _API_CHILDREN.get((route, method, status))
+    if children is None:
+        label = method if method in _METHODS else "other"
+        children = (API_REQUESTS.labels(route, label, str(status)), API_REQUEST_DURATION.labels(route, label))
+        if len(_API_CHILDREN) < 10_000:  # a flood of odd methods must not grow it: they are "other"
+            _API_CHILDREN[(route, method, status)] = children
+    children[0].inc()
+    children[1].observe(duration_s)
 
 
 # --- cluster gauges read from Redis at scrape time (API only) ---------------------------------

@@ -143,6 +143,9 @@ def create_app(settings: Settings) -> FastAPI:
         docs_url="/docs",
         redoc_url=None,
         openapi_url="/openapi.json",
+        # jobyard's metrics are Prometheus (services/metrics_middleware.py); FastAPI's native
+        # OpenTelemetry hooks looked for configured providers on every request (~3% of an enqueue).
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.ctx = ctx
     fastroute.install(app)  # innermost: inside the catch-all, the body cap, audit and metrics
