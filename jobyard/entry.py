@@ -206,9 +206,7 @@ def command_for(root: Path, entry: str, interpreters: Interpreters) -> list[str]
     if kind is None:
         raise InvalidInput(f"{entry} is not a runnable script", f"use one of: {_supported()}")
     if kind == ".exe" and not os.access(path, os.X_OK):
-        raise InvalidInput(
-            f"{entry} is not executable", "chmod +x it before zipping"
-        )
+        raise InvalidInput(f"{entry} is not executable", "chmod +x it before zipping")
     prefix = interpreters.prefix(kind)
     if prefix is None:
         if _has_shebang_and_exec(path) and kind not in (".cmd", ".bat"):

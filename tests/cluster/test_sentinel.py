@@ -28,7 +28,6 @@ from jobyard.redis_conn import connect, wait_for_replicas
 from jobyard.runs import EnqueueSpec, RunStore
 from jobyard.settings import Settings
 from tests.cluster.common import (
-    RunsNeverEnded,
     check_fires_once,
     deploy_script,
     existing,
@@ -53,16 +52,6 @@ FAST = {
 WAIT_ON = {"JOBYARD_REDIS_WAIT_REPLICAS": "1", "JOBYARD_REDIS_WAIT_TIMEOUT_SECONDS": "0.3"}
 HISTORY = {"history_size": 10_000}  # nothing trimmed: a missing record means a lost run
 DRAIN_S = 20.0  # the surviving runs end within seconds; this is the bound before calling them stuck
-
-# A failover that rolls back a worker's own writes (claim, finish, ack) leaves the run "running"
-# or "queued" with its message in that worker's dramatiq ack set; the worker is alive, so
-# dramatiq's maintenance (dead workers only) never re-queues it and the run never ends.
-# Not strict: whether a failover leaves such a message depends on timing (seen both ways).
-ROLLED_BACK_RUNS_STUCK = pytest.mark.xfail(
-    raises=RunsNeverEnded,
-    strict=False,
-    reason="worker bug: messages left in a live worker's ack set by a failover are never re-queued",
-)
 
 
 @dataclass
@@ -208,7 +197,6 @@ def test_master_killed_the_roles_follow_the_promoted_replica(
     check_after(system, stream, out)
 
 
-@ROLLED_BACK_RUNS_STUCK
 def test_replica_behind_loses_what_it_had_not_received(
     start_system: Callable[..., System], record_property: Callable[[str, object], None]
 ) -> None:
@@ -226,7 +214,6 @@ def test_replica_behind_loses_what_it_had_not_received(
     check_after(system, stream, out)
 
 
-@ROLLED_BACK_RUNS_STUCK
 @pytest.mark.parametrize("producer", ["store", "api"])
 def test_with_wait_no_accepted_run_is_lost(
     producer: str, start_system: Callable[..., System], record_property: Callable[[str, object], None]

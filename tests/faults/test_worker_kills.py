@@ -34,7 +34,7 @@ from tests.workers.conftest import enqueue, log_lines, wait_status
 HISTORY_SIZE = 500
 KEPT_RUNS = 60  # more than the default history size (50)
 BACKLOG_RUNS = 30  # x 0.5 s on one slot
-CHAOS_RUNS = 300
+CHAOS_RUNS = 200
 CHAOS_WORKERS = 3
 CHAOS_SLOTS = 2  # per worker
 CHAOS_FLAKY_EVERY = 10  # every 10th run fails its first attempt and is retried
