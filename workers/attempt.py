@@ -20,6 +20,7 @@ from workers.confinement import Confinement
 from workers.environment import RunPaths, build_env
 from workers.output import RunLog
 from workers.runner import AttemptOutcome, ScriptRunner, StopControl, StopReason
+from workers.scratch import Scratch
 
 if TYPE_CHECKING:
     from workers.worker import Worker as WorkerContext
@@ -104,31 +105,46 @@ def run_attempt(
     control: StopControl | None = None,
     extra_env: dict[str, str] | None = None,
     secrets_raw: dict[bytes, bytes] | None = None,
+    scratch: Scratch | None = None,
 ) -> AttemptResult:
-    """Prepare and run attempt ``run.attempt`` of ``run``; never raises for the script's faults."""
+    """Prepare and run attempt ``run.attempt`` of ``run``; never raises for the script's faults.
+
+    ``scratch``: the slot's kept attempt directory and working copy (``workers.scratch``); without
+    it the attempt gets new ones, named after the run, removed when it ends."""
     s = ctx.settings
     js = JobRunSettings.of(job, run, s.default_stopping_wait_seconds, s.max_output_mb)
     base = f"{run.id}.{run.attempt}"
-    paths = RunPaths(
-        workdir=s.data_dir / "work" / base,
-        data=s.data_dir / "jobs" / job.name / "data",
-        attempt_dir=s.data_dir / "attempts" / base,
-        home=s.data_dir / "attempts" / base / "home",
-    )
     runlog = RunLog(lambda lines: ctx.write_log(run.id, lines), js.max_output_bytes)
     control = control or StopControl()
     ctx.register(run.id, control, job)
+    attempt_dir: Path | None = None
     workdir: Path | None = None
     conf: Confinement | None = None
     in_place = js.in_place
     try:
-        make_attempt_dirs(paths)
+        data = s.data_dir / "jobs" / job.name / "data"
+        if scratch is not None:
+            make_data_dir(data)
+            attempt_dir = scratch.attempt_dir()
+        else:
+            attempt_dir = s.data_dir / "attempts" / base
+            make_attempt_dirs(data, attempt_dir)
+        paths = RunPaths(
+            workdir=s.data_dir / "work" / base,
+            data=data,
+            attempt_dir=attempt_dir,
+            home=attempt_dir / "home",
+        )
         try:
             conf = Confinement.for_attempt(s, job.settings, base)
             in_place = js.in_place and conf.account is None  # the package cache is shared: never hand it over
             package_root = ctx.cache.extracted(job.package)
-            workdir = package_root if in_place else paths.workdir
-            if not in_place:
+            if in_place:
+                workdir = package_root
+            elif scratch is not None and conf.account is None:
+                workdir = scratch.working_copy(job.package, package_root, ctx.working_copy)
+            else:
+                workdir = paths.workdir
                 ctx.working_copy(package_root, workdir)
             entry = ctx.entry_for(job, package_root, js.entry)
             argv = [*ctx.command_for(workdir, entry), *run.args]
@@ -192,25 +208,39 @@ def run_attempt(
         return _judge(run, js, runlog, outcome, job.package, limit_error)
     finally:
         ctx.unregister(run.id)
+        # What was handed to a run_as account is never handed on (see workers.scratch).
+        reusable = conf is not None and conf.account is None
         if conf is not None:
             conf.close()
         if workdir is not None and not in_place:
-            ctx.remove_tree(workdir)
-        ctx.remove_tree(paths.attempt_dir)
+            if scratch is not None:
+                scratch.release_working_copy(workdir, job.package, reusable)
+            else:
+                ctx.remove_tree(workdir)
+        if attempt_dir is not None:
+            if scratch is not None:
+                scratch.release_attempt_dir(attempt_dir, reusable)
+            else:
+                ctx.remove_tree(attempt_dir)
 
 
 _DATA_DIRS: set[Path] = set()  # jobs' data directories this process made or found
 
 
-def make_attempt_dirs(paths: RunPaths) -> None:
-    """The job's data directory (kept; made once per process) and the attempt's own (new)."""
-    if paths.data not in _DATA_DIRS:
-        _make_dir(paths.data)
-        _DATA_DIRS.add(paths.data)
-    _make_dir(paths.attempt_dir)
-    for path in (paths.tmp, paths.home):
+def make_data_dir(data: Path) -> None:
+    """The job's data directory (kept across runs; made or found once per process)."""
+    if data not in _DATA_DIRS:
+        _make_dir(data)
+        _DATA_DIRS.add(data)
+
+
+def make_attempt_dirs(data: Path, attempt_dir: Path) -> None:
+    """The job's data directory and the attempt's own (new), with its ``tmp`` and ``home``."""
+    make_data_dir(data)
+    _make_dir(attempt_dir)
+    for name in ("tmp", "home"):
         with contextlib.suppress(FileExistsError):
-            os.mkdir(path)
+            os.mkdir(attempt_dir / name)
 
 
 def _make_dir(path: Path) -> None:

@@ -181,7 +181,7 @@ class Executor:
     ) -> str:
         ctx = self.ctx
         ctx.hooks.emit("after_claim", run, job)
-        result: AttemptResult = run_attempt(ctx, run, job, secrets_raw=secrets)
+        result: AttemptResult = run_attempt(ctx, run, job, secrets_raw=secrets, scratch=ctx.scratch)
         if result.lease_lost:
             log.warning("run %s: lease lost mid-attempt; another attempt owns it now", run.id)
             return "ack"

@@ -49,6 +49,7 @@ from workers.continuous import Supervisor
 from workers.executor import Executor, RunFailed
 from workers.orphans import PidFiles
 from workers.runner import StopControl, StopReason
+from workers.scratch import Scratch
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -116,6 +117,8 @@ class Worker:
         # Removing a working copy cost ~15 % of a no-op run's time in its slot.
         self._janitor: queue.SimpleQueue[Path | None] = queue.SimpleQueue()
         self._janitor_thread = threading.Thread(target=self._janitor_loop, name="janitor", daemon=True)
+        # Each slot keeps its attempt directory and working copy while runs leave them untouched.
+        self.scratch = Scratch(self.settings.data_dir, self.remove_tree)
 
     # -- context used by the executor and attempts --------------------------------------------
     def retrying(self, fn: Callable[[], T], what: str) -> T:
@@ -192,6 +195,9 @@ class Worker:
         from workers.orphans import reap_orphans
 
         reap_orphans(self.pid_dir)
+        swept = self.scratch.sweep()
+        if swept:
+            log.info("removed %d attempt directories and working copies of workers that are gone", swept)
         threads = [
             threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True),
             threading.Thread(target=self._cancel_loop, name="cancel", daemon=True),
@@ -293,6 +299,7 @@ class Worker:
         self._pool.shutdown(wait=True)
         self.supervisor.join(timeout_s=600)
         self.callbacks.stop()
+        self.scratch.close()
         self._janitor.put(None)
         self._janitor_thread.join(30)
         self.pid_files.close()
