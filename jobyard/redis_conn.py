@@ -131,6 +131,34 @@ def connect(settings: Settings, *, socket_timeout: float | None = 10.0) -> redis
     return redis.Redis.from_url(url, socket_timeout=socket_timeout, **_url_kwargs(settings, url), **common)
 
 
+def call_many(client: redis.Redis, *commands: tuple[Any, ...]) -> list[Any]:
+    """Send ``commands`` in one write and read their raw replies, as a non-transactional
+    pipeline's ``execute(raise_on_error=False)`` would: an error reply comes back as the
+    exception in its place, a broken connection raises.
+
+    For the worker's per-run round trip (finish_run and the next fetch): a ``Pipeline`` spent
+    as much Python time on its own bookkeeping (command stack, response callbacks, retry wrapper,
+    reset) as on the two calls. Only for commands whose raw reply is what the caller wants (no
+    response callbacks are applied: EVALSHA has none).
+    """
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    try:
+        conn.send_packed_command(conn.pack_commands(commands))
+        replies: list[Any] = []
+        for _ in commands:
+            try:
+                replies.append(conn.read_response())
+            except redis.ResponseError as exc:  # the reply was read in full: the connection is fine
+                replies.append(exc)
+        return replies
+    except BaseException:
+        conn.disconnect()  # a reply may be half read: never hand this connection on as it is
+        raise
+    finally:
+        pool.release(conn)
+
+
 class _HiredisPacking:
     """Commands packed by hiredis' C packer, as redis-py's synchronous connections already do.
 

@@ -33,6 +33,7 @@ from dramatiq.broker import MessageProxy
 from jobyard.errors import NotFound
 from jobyard.models import TERMINAL_LUA, Job, Run, RunStatus
 from jobyard.queue import Fetched
+from jobyard.redis_conn import call_many
 from jobyard.runs import LOG_SYS, parse_finish, prepare_finish
 from workers.attempt import AttemptResult, run_attempt
 
@@ -251,7 +252,7 @@ class Executor:
         raise RunFailed(result.error or result.status.value)
 
     def _finish_and_fetch(self, keys: list[str], args: list[Any]) -> tuple[str, str]:
-        """finish_run and, in the same round trip, the fetch of this slot's next message.
+        """finish_run and, in the same round trip (``call_many``), the fetch of this slot's next message.
 
         The slot is still ours, so taking its next message now prefetches nothing: it is what the
         dispatcher would fetch for it a moment later, a round trip and two thread switches
@@ -262,10 +263,11 @@ class Executor:
         ctx = self.ctx
         finish, fetch = ctx.store.scripts.finish_run, ctx.broker.jy_scripts.fetch
         fetch_keys, fetch_args = ctx.broker.fetch_call(claim=ctx.claim_as)
-        pipe = ctx.client.pipeline(transaction=False)
-        pipe.evalsha(finish.sha, len(keys), *keys, *args)
-        pipe.evalsha(fetch.sha, len(fetch_keys), *fetch_keys, *fetch_args)
-        finished, fetched = pipe.execute(raise_on_error=False)
+        finished, fetched = call_many(
+            ctx.client,
+            ("EVALSHA", finish.sha, len(keys), *keys, *args),
+            ("EVALSHA", fetch.sha, len(fetch_keys), *fetch_keys, *fetch_args),
+        )
         if isinstance(fetched, redis.exceptions.NoScriptError):
             ctx.client.script_load(fetch.script)  # no next message this time: the dispatcher fetches
         elif isinstance(fetched, Exception):

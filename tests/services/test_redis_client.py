@@ -47,3 +47,28 @@ def test_commands_and_pipelines_round_trip(redis_url: str, data_dir: Path) -> No
             await client.aclose()
 
     assert asyncio.run(scenario()) == ["é".encode(), b"1.25", b"x42"]
+
+
+def test_call_many_answers_as_a_pipeline_and_keeps_its_connection_sound(r: redis.Redis) -> None:
+    from jobyard.redis_conn import call_many
+
+    sha = r.script_load("return {KEYS[1], ARGV[1]}")
+    boom = r.script_load("return redis.error_reply('boom')")
+    calls = [
+        ("EVALSHA", sha, 1, "k", "é"),
+        ("EVALSHA", "0" * 40, 0),  # not loaded: NOSCRIPT, in its place
+        ("HSET", "h", "f", "v"),
+        ("EVALSHA", boom, 0),  # an error the script answers, in its place
+    ]
+    pipe = r.pipeline(transaction=False)
+    for call in calls:
+        pipe.execute_command(*call)
+    expected = pipe.execute(raise_on_error=False)
+    got = call_many(r, *calls)
+    assert [type(x) for x in got] == [type(x) for x in expected]
+    assert isinstance(got[1], redis.exceptions.NoScriptError) and isinstance(got[3], redis.ResponseError)
+    assert got[0] == expected[0] == [b"k", "é".encode()] and got[2] == 0
+    # the connection went back to the pool in step: the next replies are the right ones
+    assert call_many(r, ("PING",), ("ECHO", "x")) == [b"PONG", b"x"]
+    assert str(got[3]) == "boom"
+    assert r.connection_pool._created_connections == 1  # type: ignore[attr-defined]
