@@ -144,6 +144,16 @@ def call_many(client: redis.Redis, *commands: tuple[Any, ...]) -> list[Any]:
     pool = client.connection_pool
     conn = pool.get_connection()
     try:
+        return call_many_on(conn, *commands)
+    finally:
+        pool.release(conn)
+
+
+def call_many_on(conn: Any, *commands: tuple[Any, ...]) -> list[Any]:
+    """``call_many`` on a connection of the caller's own (one per thread, say: no pool's get and
+    release per call). It connects when it is not connected, and is disconnected on any error
+    that may leave a reply half read, so the next call starts clean."""
+    try:
         conn.send_packed_command(conn.pack_commands(commands))
         replies: list[Any] = []
         for _ in commands:
@@ -153,10 +163,8 @@ def call_many(client: redis.Redis, *commands: tuple[Any, ...]) -> list[Any]:
                 replies.append(exc)
         return replies
     except BaseException:
-        conn.disconnect()  # a reply may be half read: never hand this connection on as it is
+        conn.disconnect()  # a reply may be half read: never use this connection on as it is
         raise
-    finally:
-        pool.release(conn)
 
 
 class _HiredisPacking:

@@ -122,7 +122,7 @@ def run_attempt(
     conf: Confinement | None = None
     in_place = js.in_place
     try:
-        data = s.data_dir / "jobs" / job.name / "data"
+        data = _data_path(s.data_dir, job.name)
         if scratch is not None:
             make_data_dir(data)
             attempt_dir = scratch.attempt_dir()
@@ -225,6 +225,15 @@ def run_attempt(
 
 
 _DATA_DIRS: set[Path] = set()  # jobs' data directories this process made or found
+_DATA_PATHS: dict[tuple[Path, str], Path] = {}
+
+
+def _data_path(data_dir: Path, job: str) -> Path:
+    """``<data dir>/jobs/<job>/data``, the same Path object every time (its str() kept)."""
+    path = _DATA_PATHS.get((data_dir, job))
+    if path is None:
+        path = _DATA_PATHS[(data_dir, job)] = data_dir / "jobs" / job / "data"
+    return path
 
 
 def make_data_dir(data: Path) -> None:

@@ -33,7 +33,7 @@ from dramatiq.broker import MessageProxy
 from jobyard.errors import NotFound
 from jobyard.models import TERMINAL_LUA, Job, Run, RunStatus
 from jobyard.queue import Fetched
-from jobyard.redis_conn import call_many
+from jobyard.redis_conn import call_many_on
 from jobyard.runs import LOG_SYS, parse_finish, prepare_finish
 from workers.attempt import AttemptResult, run_attempt
 
@@ -83,7 +83,8 @@ class Executor:
 
     def __init__(self, ctx: WorkerContext) -> None:
         self.ctx = ctx
-        self._next = threading.local()  # a slot's next message, fetched with its last outcome
+        # per slot: its next message, fetched with its last outcome; its own Redis connection
+        self._next = threading.local()
 
     # -- the message -------------------------------------------------------------------------
     def process(self, fetched: Fetched) -> None:
@@ -252,7 +253,8 @@ class Executor:
         raise RunFailed(result.error or result.status.value)
 
     def _finish_and_fetch(self, keys: list[str], args: list[Any]) -> tuple[str, str]:
-        """finish_run and, in the same round trip (``call_many``), the fetch of this slot's next message.
+        """finish_run and, in the same round trip, the fetch of this slot's next message (sent by
+        ``call_many_on`` on the slot's own connection: no pipeline, no pool per run).
 
         The slot is still ours, so taking its next message now prefetches nothing: it is what the
         dispatcher would fetch for it a moment later, a round trip and two thread switches
@@ -263,8 +265,11 @@ class Executor:
         ctx = self.ctx
         finish, fetch = ctx.store.scripts.finish_run, ctx.broker.jy_scripts.fetch
         fetch_keys, fetch_args = ctx.broker.fetch_call(claim=ctx.claim_as)
-        finished, fetched = call_many(
-            ctx.client,
+        conn = getattr(self._next, "conn", None)
+        if conn is None:  # the slot's own connection: no pool get and release per run
+            conn = self._next.conn = ctx.client.connection_pool.make_connection()
+        finished, fetched = call_many_on(
+            conn,
             ("EVALSHA", finish.sha, len(keys), *keys, *args),
             ("EVALSHA", fetch.sha, len(fetch_keys), *fetch_keys, *fetch_args),
         )

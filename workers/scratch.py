@@ -123,7 +123,8 @@ class _Slot:
     index: int
     names: itertools.count[int] = field(default_factory=itertools.count)
     attempt_dir: Path | None = None  # ready: empty tmp/ and home/ inside
-    dir_modes: tuple[int, ...] = ()  # attempt dir, tmp, home as made
+    dirs: tuple[str, ...] = ()  # attempt dir, tmp, home (as strings: checked on every run)
+    dir_modes: tuple[int, ...] = ()  # their modes as made
     copy: Path | None = None  # a pristine working copy of copy_of
     copy_of: str = ""
 
@@ -167,10 +168,12 @@ class Scratch:
         except FileNotFoundError:  # the first attempt on this data directory
             self.attempts.mkdir(parents=True, exist_ok=True)
             os.mkdir(path)
-        for name in ATTEMPT_DIRS:
-            os.mkdir(path / name)
-        slot.attempt_dir = path
-        slot.dir_modes = tuple(os.lstat(p).st_mode for p in (path, *(path / n for n in ATTEMPT_DIRS)))
+        base = os.fspath(path)
+        dirs = (base, *(os.path.join(base, n) for n in ATTEMPT_DIRS))
+        for sub in dirs[1:]:
+            os.mkdir(sub)
+        slot.attempt_dir, slot.dirs = path, dirs
+        slot.dir_modes = tuple(os.lstat(p).st_mode for p in dirs)
         return path
 
     def release_attempt_dir(self, path: Path, reusable: bool) -> None:
@@ -179,26 +182,26 @@ class Scratch:
         if slot.attempt_dir != path:
             self.discard(path)
             return
-        if not (reusable and self._attempt_dir_clean(path, slot.dir_modes)):
+        if not (reusable and self._attempt_dir_clean(slot.dirs, slot.dir_modes)):
             slot.attempt_dir = None
             self.discard(path)
 
-    def _attempt_dir_clean(self, path: Path, modes: tuple[int, ...]) -> bool:
+    def _attempt_dir_clean(self, dirs: tuple[str, ...], modes: tuple[int, ...]) -> bool:
+        base = dirs[0]
         try:
-            names = os.listdir(path)
-            for name in names:
+            for name in os.listdir(base):
                 if name in ATTEMPT_FILES:
-                    if stat.S_ISDIR(os.lstat(path / name).st_mode):
+                    file = os.path.join(base, name)
+                    if stat.S_ISDIR(os.lstat(file).st_mode):
                         return False
-                    os.unlink(path / name)
+                    os.unlink(file)
                 elif name not in ATTEMPT_DIRS:
                     return False
-            dirs = (path, *(path / n for n in ATTEMPT_DIRS))
-            for p, mode in zip(dirs, modes, strict=True):
-                st = os.lstat(p)
+            for path, mode in zip(dirs, modes, strict=True):
+                st = os.lstat(path)
                 if st.st_mode != mode or st.st_uid != self.uid:
                     return False
-            return all(not os.listdir(path / n) for n in ATTEMPT_DIRS)
+            return not any(os.listdir(path) for path in dirs[1:])
         except OSError:
             return False
 

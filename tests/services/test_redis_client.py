@@ -72,3 +72,16 @@ def test_call_many_answers_as_a_pipeline_and_keeps_its_connection_sound(r: redis
     assert call_many(r, ("PING",), ("ECHO", "x")) == [b"PONG", b"x"]
     assert str(got[3]) == "boom"
     assert r.connection_pool._created_connections == 1  # type: ignore[attr-defined]
+
+
+def test_call_many_on_an_own_connection_reconnects_after_a_broken_one(r: redis.Redis) -> None:
+    from jobyard.redis_conn import call_many_on
+
+    conn = r.connection_pool.make_connection()
+    assert call_many_on(conn, ("SET", "k", "1"), ("GET", "k")) == [b"OK", b"1"]
+    client_id = call_many_on(conn, ("CLIENT", "ID"))[0]
+    r.client_kill_filter(_id=client_id)  # the server drops it, as a restart or a failover would
+    with pytest.raises(redis.ConnectionError):
+        call_many_on(conn, ("GET", "k"))
+    assert call_many_on(conn, ("GET", "k")) == [b"1"]  # connected again, nothing half read
+    conn.disconnect()
