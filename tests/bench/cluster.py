@@ -186,11 +186,11 @@ class Cluster:
             )
         return self._http
 
-    def deploy(self, name: str, script: str, **job_settings: Any) -> None:
-        """Deploy ``script`` as job ``name`` (PUT ?filename=run.sh) and set its settings.job."""
+    def deploy(self, name: str, script: str, filename: str = "run.sh", **job_settings: Any) -> None:
+        """Deploy ``script`` as job ``name`` (PUT ?filename=...) and set its settings.job."""
         res = self.http.put(
             f"/api/jobs/{name}",
-            params={"filename": "run.sh"},
+            params={"filename": filename},
             content=script.encode(),
             headers={"Content-Type": "application/octet-stream"},
         )

@@ -28,6 +28,7 @@ class Rounds:
     a2: list[dict[str, Any]] = field(default_factory=list)
     b: list[dict[str, Any]] = field(default_factory=list)
     c: list[dict[str, Any]] = field(default_factory=list)
+    c2: list[dict[str, Any]] = field(default_factory=list)  # (c'): the .sh job, run by bash
     redis_b: dict[str, list[int]] = field(default_factory=dict)  # command -> [calls, usec] over (b)
     redis_c: dict[str, list[int]] = field(default_factory=dict)
 
@@ -46,6 +47,7 @@ def measure(
     peer: baseline.DramatiqPeer,
     work: Path,
     job: str,
+    bash_job: str,
     *,
     rounds: int,
     spawns: int,
@@ -82,6 +84,7 @@ def measure(
         c = runs.end_to_end(cluster, job, n, timeout_s=max(60.0, n / 20), count_redis=True)
         count(out.redis_c, c["redis_commands"])
         out.c.append(c)
+        out.c2.append(runs.end_to_end(cluster, bash_job, n, timeout_s=max(60.0, n / 20)))
 
     for i in range(rounds):
         steps = [step_a, step_b, step_c]
@@ -164,14 +167,15 @@ def add_rows(report: Report, res: Rounds) -> dict[str, float | None]:
     report.add(
         Row(
             "c",
-            f"jobyard e2e: {n_c} noop .sh runs via batch API, 1 worker x 2",
+            f"jobyard e2e: {n_c} no-op sh runs via batch API, 1 worker x 2",
             c,
             "/s",
             baseline="(b)",
             ratio=r_cb_med,
             target=">= 1.00 x (b)",
             ok=None if r_cb_med is None else r_cb_med >= 1.0,
-            note=f"{_each(r_cb)}; CPU ms/run: "
+            note="the job: a file `run` with #!/bin/sh, run directly (the sh of (b)); "
+            f"{_each(r_cb)}; CPU ms/run: "
             + ", ".join(f"{k} {v:.2f}" for k, v in cpu_c.items())
             + " (worker: incl. its scripts)",
         )
@@ -192,12 +196,27 @@ def add_rows(report: Report, res: Rounds) -> dict[str, float | None]:
                     note=text,
                 )
             )
-    r_ca2 = res.ratios(res.c, res.a2)
+    c2 = res.median(res.c2)
+    r_c2b = res.ratios(res.c2, res.b)
     report.add(
         Row(
             "c",
-            "  vs raw spawn of the same command (a')",
-            c,
+            "c': the same no-op as run.sh (run by bash, as every .sh job)",
+            c2,
+            "/s",
+            baseline="(b)",
+            ratio=statistics.median(r_c2b) if r_c2b else None,
+            note=f"{_each(r_c2b)}; bash costs a run ~0.5 ms more CPU than sh (more with a LANG locale "
+            "to load): the gap to (c) is the interpreter, not jobyard; CPU ms/run: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in _cpu_per_run(res.c2).items()),
+        )
+    )
+    r_ca2 = res.ratios(res.c2, res.a2)
+    report.add(
+        Row(
+            "c",
+            "  (c') vs raw spawn of the same command (a')",
+            c2,
             "/s",
             baseline="(a')",
             ratio=statistics.median(r_ca2) if r_ca2 else None,
@@ -226,6 +245,7 @@ def add_rows(report: Report, res: Rounds) -> dict[str, float | None]:
     report.figures("a", rounds=res.a, worker_argv_rounds=res.a2)
     report.figures("b", rounds=res.b, cpu_ms_per_run=cpu_b, redis_commands=res.redis_b)
     report.figures("c", rounds=res.c, cpu_ms_per_run=cpu_c, ratio_to_b=r_cb, redis_commands=res.redis_c)
+    report.figures("c", bash_rounds=res.c2, bash_ratio_to_b=r_c2b)
     attempt_rates = [r["attempt_rate"] for r in res.c]
     return {
         "ceiling": a,
