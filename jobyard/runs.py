@@ -16,8 +16,8 @@ import redis
 
 from jobyard.errors import NotFound
 from jobyard.keys import Keys
-from jobyard.models import TERMINAL_LUA, Job, Priority, Run, RunStatus, Trigger, new_run_id
-from jobyard.queue import build_message
+from jobyard.models import TERMINAL_LUA, Job, Priority, Run, RunStatus, Trigger, new_run_ids
+from jobyard.queue import build_message, new_message_ids
 from jobyard.scripts import Scripts
 from jobyard.settings import Settings
 
@@ -82,61 +82,84 @@ def prepare_create(
     ``job_guard``: ``job`` may be an old copy (a cache); the script then refuses (``stale``)
     when the stored record's ``updated_at`` is no longer ``job.updated_at``.
     """
+    return prepare_creates(keys, settings, [(spec, job)], now=now, fence=fence, job_guard=job_guard)[0]
+
+
+def prepare_creates(
+    keys: Keys,
+    settings: Settings,
+    items: list[tuple[EnqueueSpec, Job]],
+    *,
+    now: float | None = None,
+    fence: Fence | None = None,
+    job_guard: bool = False,
+) -> list[tuple[list[str], list[Any], Run]]:
+    """``prepare_create`` for many runs at once (ids and random bits drawn once for all)."""
     now = time.time() if now is None else now
-    js = job.settings
-    priority = Priority(spec.priority or js.get("priority", "normal"))
-    max_retries = spec.max_retries if spec.max_retries is not None else int(js.get("max_retries", 0))
-    timeout_s = spec.timeout_s if spec.timeout_s is not None else js.get("timeout")
-    run = Run(
-        id=new_run_id(),
-        job=spec.job,
-        status=RunStatus.QUEUED,
-        trigger=spec.trigger,
-        args=list(spec.args),
-        priority=priority,
-        max_retries=max_retries,
-        enqueued_at=now,
-        scheduled_for=spec.scheduled_for if spec.scheduled_for is not None else spec.run_at,
-        idempotency_key=spec.idempotency_key,
-        timeout_s=float(timeout_s) if timeout_s is not None else None,
-        env=dict(spec.env),
-        callback_url=spec.callback_url,
-        replay_of=spec.replay_of,
-    )
-    redis_id, message = build_message(run.id, spec.job, priority.value)
-    eta_ms = int(spec.run_at * 1000) if spec.run_at and spec.run_at > now else 0
-    level = priority.value
-    script_keys = [
-        keys.job(spec.job),
-        keys.run(run.id),
-        keys.job_runs(spec.job),
-        keys.job_active(spec.job),
-        keys.queue(level),
-        keys.queue_msgs(level),
-        keys.delayed,
-        keys.wake,
-        keys.idempotency(spec.job, spec.idempotency_key) if spec.idempotency_key else "",
-        keys.fire(spec.job, fence.fire_ts) if fence else "",
-        keys.leader_term if fence and fence.term is not None else "",
-    ]
-    fields: list[Any] = []
-    for name, value in run.to_hash().items():
-        fields += [name, value]
-    args: list[Any] = [
-        run.id,
-        int(now * 1000),
-        redis_id,
-        message,
-        level,
-        eta_ms,
-        int(settings.idempotency_ttl_seconds * 1000),
+    now_ms = int(now * 1000)
+    run_ids = new_run_ids(len(items))
+    message_ids = new_message_ids(2 * len(items))
+    idem_ttl_ms = int(settings.idempotency_ttl_seconds * 1000)
+    fence_args = (
         str(fence.term) if fence and fence.term is not None else "",
         int(fence.fire_ttl_s * 1000) if fence else 0,
         fence.overlap if fence else "",
-        repr(job.updated_at) if job_guard else "",
-        *fields,
-    ]
-    return script_keys, args, run
+    )
+    shared = [keys.delayed, keys.wake]
+    out: list[tuple[list[str], list[Any], Run]] = []
+    for i, (spec, job) in enumerate(items):
+        js = job.settings
+        priority = Priority(spec.priority or js.get("priority", "normal"))
+        max_retries = spec.max_retries if spec.max_retries is not None else int(js.get("max_retries", 0))
+        timeout_s = spec.timeout_s if spec.timeout_s is not None else js.get("timeout")
+        run = Run(
+            id=run_ids[i],
+            job=spec.job,
+            status=RunStatus.QUEUED,
+            trigger=spec.trigger,
+            args=list(spec.args),
+            priority=priority,
+            max_retries=max_retries,
+            enqueued_at=now,
+            scheduled_for=spec.scheduled_for if spec.scheduled_for is not None else spec.run_at,
+            idempotency_key=spec.idempotency_key,
+            timeout_s=float(timeout_s) if timeout_s is not None else None,
+            env=dict(spec.env),
+            callback_url=spec.callback_url,
+            replay_of=spec.replay_of,
+        )
+        level = priority.value
+        redis_id, message = build_message(
+            run.id, spec.job, level, ids=(message_ids[2 * i], message_ids[2 * i + 1]), timestamp_ms=now_ms
+        )
+        eta_ms = int(spec.run_at * 1000) if spec.run_at and spec.run_at > now else 0
+        script_keys = [
+            keys.job(spec.job),
+            keys.run(run.id),
+            keys.job_runs(spec.job),
+            keys.job_active(spec.job),
+            keys.queue(level),
+            keys.queue_msgs(level),
+            *shared,
+            keys.idempotency(spec.job, spec.idempotency_key) if spec.idempotency_key else "",
+            keys.fire(spec.job, fence.fire_ts) if fence else "",
+            keys.leader_term if fence and fence.term is not None else "",
+        ]
+        args: list[Any] = [
+            run.id,
+            now_ms,
+            redis_id,
+            message,
+            level,
+            eta_ms,
+            idem_ttl_ms,
+            *fence_args,
+            repr(job.updated_at) if job_guard else "",
+        ]
+        for pair in run.to_hash().items():
+            args += pair
+        out.append((script_keys, args, run))
+    return out
 
 
 def parse_create(result: list[bytes], run: Run) -> Created:

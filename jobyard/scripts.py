@@ -8,6 +8,7 @@ from typing import Any
 
 SCRIPT_NAMES = (
     "create_run",
+    "create_many",
     "push_message",
     "fetch",
     "claim_run",
@@ -43,6 +44,7 @@ class Scripts:
             setattr(self, name, client.register_script(source(name)))
 
     create_run: Any
+    create_many: Any
     push_message: Any
     fetch: Any
     claim_run: Any
