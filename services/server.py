@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib.util
 import logging
 import signal
@@ -87,5 +88,11 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
         ctx.stopping = True  # a plain flag: safe to set from a signal handler
 
     server.on_exit = stopping
+    # What start-up built (modules, the app and its routes, schemas: most of the process's
+    # objects) lives as long as the process: left out of every garbage collection from now on.
+    # Full collections walked all of it while a batch's thousands of fresh objects were alive
+    # (~20% of a batch's CPU).
+    gc.collect()
+    gc.freeze()
     server.run()
     log.info("API stopped")
