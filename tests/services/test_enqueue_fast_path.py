@@ -82,6 +82,25 @@ BATCH_CASES: list[tuple[str, bytes, str | None]] = [
     ("bad item field", b'{"runs": [{"job": "hello", "delay_s": -3}]}', JSON),
     ("item keys", b'{"runs": [{"job": "hello", "arguments": "x \'y"}]}', JSON),
     ("too many", b'{"runs": [' + b",".join([b'{"job": "hello"}'] * 1001) + b"]}", JSON),
+    # the shapes the fast handler reads by hand (services.routes.run_checks), and near misses
+    (
+        "every field",
+        b'{"runs": [{"job": "hello", "arguments": ["a", "b c"], "priority": "high", "delay_s": 60,'
+        b' "timeout_s": 2.5, "env": {"A": "1"}, "callback_url": "https://example.com/h",'
+        b' "max_retries": 3}, {"job": "other", "arguments": "x \'y z\'", "run_at": "2099-01-01T00:00:00Z"}]}',
+        JSON,
+    ),
+    (
+        "null fields",
+        b'{"runs": [{"job": "hello", "priority": null, "arguments": null, "delay_s": null}]}',
+        JSON,
+    ),
+    ("null env", b'{"runs": [{"job": "hello", "env": null}]}', JSON),
+    ("numeric string", b'{"runs": [{"job": "hello", "timeout_s": "5"}]}', JSON),
+    ("bool retries", b'{"runs": [{"job": "hello", "max_retries": true}]}', JSON),
+    ("huge delay", b'{"runs": [{"job": "hello", "delay_s": 1' + b"0" * 400 + b"}]}", JSON),
+    ("both times", b'{"runs": [{"job": "hello", "run_at": "2099-01-01T00:00:00Z", "delay_s": 5}]}', JSON),
+    ("extra top field", b'{"runs": [{"job": "hello"}], "dry_run": true}', JSON),
 ]
 
 
