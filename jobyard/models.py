@@ -253,15 +253,20 @@ class Run:
         """The record as the HTTP API shows it: ISO times, no internal bookkeeping."""
         # A shallow copy plus copies of the mutable fields: dataclasses.asdict deep-copies field
         # by field and was a third of the CPU of a batch enqueue.
-        values = self.__dict__
-        out = {name: values[name] for name, _ in _HASH_PLAN}
+        out = dict(self.__dict__)  # the fields, in order (a copy in C: a batch renders 1,000)
+        if len(out) != len(_HASH_PLAN):  # an attribute set on the instance besides its fields
+            out = {name: out[name] for name, _ in _HASH_PLAN}
         out["args"] = list(self.args)
-        out["result"] = copy.deepcopy(self.result) if isinstance(self.result, dict | list) else self.result
+        result = self.result
+        if isinstance(result, dict | list):
+            out["result"] = copy.deepcopy(result)
         for name in _TIME_FIELDS:
-            out[name] = iso(out[name])
-        out["status"] = self.status.value
-        out["trigger"] = self.trigger.value
-        out["priority"] = self.priority.value
+            if out[name] is not None:
+                out[name] = iso(out[name])
+        # _value_ is what .value reads, through an enum descriptor that was ~3% of a batch
+        out["status"] = self.status._value_
+        out["trigger"] = self.trigger._value_
+        out["priority"] = self.priority._value_
         out["duration_s"] = self.duration_s
         out["cancel_requested"] = bool(self.cancel_requested)
         # Values a caller passed in env may be credentials: names only.

@@ -106,6 +106,7 @@ def prepare_creates(
         fence.overlap if fence else "",
     )
     shared = [keys.delayed, keys.wake]
+    per_job: dict[tuple[str, str], tuple[str, str, str, str, str]] = {}
     out: list[tuple[list[str], list[Any], Run]] = []
     for i, (spec, job) in enumerate(items):
         js = job.settings
@@ -128,18 +129,24 @@ def prepare_creates(
             callback_url=spec.callback_url,
             replay_of=spec.replay_of,
         )
-        level = priority.value
+        level = priority._value_
         redis_id, message = build_message(
             run.id, spec.job, level, ids=(message_ids[2 * i], message_ids[2 * i + 1]), timestamp_ms=now_ms
         )
         eta_ms = int(spec.run_at * 1000) if spec.run_at and spec.run_at > now else 0
+        run_keys = per_job.get((spec.job, level))
+        if run_keys is None:  # the same few for every run of a job at a level
+            run_keys = per_job[spec.job, level] = (
+                keys.job(spec.job),
+                keys.job_runs(spec.job),
+                keys.job_active(spec.job),
+                keys.queue(level),
+                keys.queue_msgs(level),
+            )
         script_keys = [
-            keys.job(spec.job),
+            run_keys[0],
             keys.run(run.id),
-            keys.job_runs(spec.job),
-            keys.job_active(spec.job),
-            keys.queue(level),
-            keys.queue_msgs(level),
+            *run_keys[1:],
             *shared,
             keys.idempotency(spec.job, spec.idempotency_key) if spec.idempotency_key else "",
             keys.fire(spec.job, fence.fire_ts) if fence else "",
