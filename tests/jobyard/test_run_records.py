@@ -111,3 +111,31 @@ def test_message_ids_are_random_uuid4s() -> None:
     for text in ids:
         value = uuid.UUID(text)
         assert value.version == 4 and value.variant == uuid.RFC_4122 and str(value) == text
+
+
+def test_run_as_api_shows_the_fields_and_nothing_else() -> None:
+    run = Run(
+        id="r1",
+        job="j",
+        status=RunStatus.SUCCEEDED,
+        priority=Priority.LOW,
+        args=["a"],
+        enqueued_at=1.5,
+        started_at=2.0,
+        ended_at=4.5,
+        env={"B": "secret", "A": "x"},
+        result={"deep": [1]},
+        cancel_requested=1,
+    )
+    shown = run.as_api()
+    assert list(shown)[: len(fields(Run))] == [f.name for f in fields(Run)]
+    assert shown["status"] == "succeeded" and type(shown["status"]) is str
+    assert type(shown["priority"]) is str and type(shown["trigger"]) is str
+    assert shown["enqueued_at"] == "1970-01-01T00:00:01.500000Z" and shown["scheduled_for"] is None
+    assert shown["duration_s"] == 2.5 and shown["cancel_requested"] is True
+    assert shown["env"] == ["A", "B"]  # names only
+    shown["args"].append("b")
+    shown["result"]["deep"].append(2)
+    assert run.args == ["a"] and run.result == {"deep": [1]}  # copies, not the record's own
+    run.note = "not a field"  # type: ignore[attr-defined]
+    assert run.as_api() == {**shown, "args": ["a"], "result": {"deep": [1]}}
