@@ -131,28 +131,17 @@ def connect(settings: Settings, *, socket_timeout: float | None = 10.0) -> redis
     return redis.Redis.from_url(url, socket_timeout=socket_timeout, **_url_kwargs(settings, url), **common)
 
 
-def call_many(client: redis.Redis, *commands: tuple[Any, ...]) -> list[Any]:
-    """Send ``commands`` in one write and read their raw replies, as a non-transactional
-    pipeline's ``execute(raise_on_error=False)`` would: an error reply comes back as the
-    exception in its place, a broken connection raises.
-
-    For the worker's per-run round trip (finish_run and the next fetch): a ``Pipeline`` spent
-    as much Python time on its own bookkeeping (command stack, response callbacks, retry wrapper,
-    reset) as on the two calls. Only for commands whose raw reply is what the caller wants (no
-    response callbacks are applied: EVALSHA has none).
-    """
-    pool = client.connection_pool
-    conn = pool.get_connection()
-    try:
-        return call_many_on(conn, *commands)
-    finally:
-        pool.release(conn)
-
-
 def call_many_on(conn: Any, *commands: tuple[Any, ...]) -> list[Any]:
-    """``call_many`` on a connection of the caller's own (one per thread, say: no pool's get and
-    release per call). It connects when it is not connected, and is disconnected on any error
-    that may leave a reply half read, so the next call starts clean."""
+    """Send ``commands`` on ``conn`` in one write and read their raw replies, as a
+    non-transactional pipeline's ``execute(raise_on_error=False)`` would: an error reply comes
+    back as the exception in its place, a broken connection raises.
+
+    For the worker's per-run round trip (finish_run and the next fetch), on the slot's own
+    connection: a ``Pipeline`` spent as much Python time on its own bookkeeping (command stack,
+    response callbacks, retry wrapper, reset) as on the two calls, and a pool its get and release.
+    Only for commands whose raw reply is what the caller wants (no response callbacks are
+    applied: EVALSHA has none). ``conn`` connects when it is not connected, and is disconnected
+    on any error that may leave a reply half read, so the next call starts clean."""
     try:
         conn.send_packed_command(conn.pack_commands(commands))
         replies: list[Any] = []

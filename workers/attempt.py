@@ -122,13 +122,12 @@ def run_attempt(
     conf: Confinement | None = None
     in_place = js.in_place
     try:
-        data = _data_path(s.data_dir, job.name)
+        data = job_data_dir(s.data_dir, job.name)
         if scratch is not None:
-            make_data_dir(data)
             attempt_dir = scratch.attempt_dir()
         else:
             attempt_dir = s.data_dir / "attempts" / base
-            make_attempt_dirs(data, attempt_dir)
+            make_attempt_dirs(attempt_dir)
         paths = RunPaths(
             workdir=s.data_dir / "work" / base,
             data=data,
@@ -224,28 +223,22 @@ def run_attempt(
                 ctx.remove_tree(attempt_dir)
 
 
-_DATA_DIRS: set[Path] = set()  # jobs' data directories this process made or found
-_DATA_PATHS: dict[tuple[Path, str], Path] = {}
+_DATA_DIRS: dict[tuple[Path, str], Path] = {}  # jobs' data directories this process made or found
 
 
-def _data_path(data_dir: Path, job: str) -> Path:
-    """``<data dir>/jobs/<job>/data``, the same Path object every time (its str() kept)."""
-    path = _DATA_PATHS.get((data_dir, job))
+def job_data_dir(data_dir: Path, job: str) -> Path:
+    """``<data dir>/jobs/<job>/data``, kept across runs: made or found once per process, and
+    the same Path object every time after (its str() kept)."""
+    path = _DATA_DIRS.get((data_dir, job))
     if path is None:
-        path = _DATA_PATHS[(data_dir, job)] = data_dir / "jobs" / job / "data"
+        path = data_dir / "jobs" / job / "data"
+        _make_dir(path)
+        _DATA_DIRS[(data_dir, job)] = path
     return path
 
 
-def make_data_dir(data: Path) -> None:
-    """The job's data directory (kept across runs; made or found once per process)."""
-    if data not in _DATA_DIRS:
-        _make_dir(data)
-        _DATA_DIRS.add(data)
-
-
-def make_attempt_dirs(data: Path, attempt_dir: Path) -> None:
-    """The job's data directory and the attempt's own (new), with its ``tmp`` and ``home``."""
-    make_data_dir(data)
+def make_attempt_dirs(attempt_dir: Path) -> None:
+    """An attempt's own directory (new), with its ``tmp`` and ``home``."""
     _make_dir(attempt_dir)
     for name in ("tmp", "home"):
         with contextlib.suppress(FileExistsError):

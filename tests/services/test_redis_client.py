@@ -50,7 +50,16 @@ def test_commands_and_pipelines_round_trip(redis_url: str, data_dir: Path) -> No
 
 
 def test_call_many_answers_as_a_pipeline_and_keeps_its_connection_sound(r: redis.Redis) -> None:
-    from jobyard.redis_conn import call_many
+    from jobyard.redis_conn import call_many_on
+
+    pool = r.connection_pool
+
+    def call_many(client: redis.Redis, *commands: tuple[object, ...]) -> list[object]:
+        conn = pool.get_connection()
+        try:
+            return call_many_on(conn, *commands)
+        finally:
+            pool.release(conn)
 
     sha = r.script_load("return {KEYS[1], ARGV[1]}")
     boom = r.script_load("return redis.error_reply('boom')")
